@@ -1,0 +1,56 @@
+"""Lowbit's exceptions. Everything raised on purpose derives from LowbitError.
+
+Builtins are mixed in where a caller may reasonably catch the builtin, e.g. a
+missing model file is also a FileNotFoundError.
+"""
+
+from __future__ import annotations
+
+
+class LowbitError(Exception):
+    """Root of every error Lowbit raises on purpose."""
+
+
+class NativeError(LowbitError):
+    """The kernel library refused a request. ``status`` is its lb_status code."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidArgumentError(NativeError, ValueError):
+    """A shape, size, type or value that the kernel library rejected."""
+
+
+class CancelledError(LowbitError):
+    """The job was cancelled by its caller."""
+
+
+class ModelNotFoundError(LowbitError, FileNotFoundError):
+    """The model file or folder does not exist."""
+
+
+class ModelFormatError(LowbitError, ValueError):
+    """The file is not a valid GGUF model or is damaged (truncated, bad offsets...)."""
+
+
+class UnsupportedModelError(LowbitError, ValueError):
+    """A valid model that Lowbit cannot run (architecture, tensor type...)."""
+
+
+class TokenizerError(LowbitError, ValueError):
+    """The model has no usable tokenizer, or text could not be tokenized."""
+
+
+class ChatTemplateError(LowbitError, ValueError):
+    """The chat template is missing, invalid, or raised an error while rendering."""
+
+
+class ContextFullError(LowbitError):
+    """The tokens do not fit in the model's context window."""
+
+    def __init__(self, message: str, *, needed: int = 0, n_ctx: int = 0) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.n_ctx = n_ctx

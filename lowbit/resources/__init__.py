@@ -1,0 +1,1 @@
+"""Data files shipped with Lowbit (texts, style sheets, icons)."""

@@ -1,0 +1,705 @@
+/* The transformer forward pass (llama and qwen2 families).
+ *
+ * Weights are used in place from caller memory (a memory-mapped GGUF file).
+ * lb_model_ready() allocates the KV cache and every scratch buffer, so
+ * lb_forward() allocates nothing. Work inside a step is spread over the
+ * thread pool as independent tasks: row chunks of a matrix multiply, token
+ * rows of an activation encoding, (token, head) pairs of attention. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "lb_internal.h"
+#include "threadpool.h"
+
+#define LB_ROWS_PER_TASK 16
+
+typedef struct lb_tensor {
+    int32_t type;
+    int64_t ne0, ne1;   /* row length, rows */
+    const void *data;   /* NULL: not attached */
+    size_t row_bytes;
+} lb_tensor;
+
+typedef struct lb_layer {
+    lb_tensor attn_norm;        /* [n_embd] F32 */
+    lb_tensor wq;               /* [n_embd, n_head*head_dim] */
+    lb_tensor wk, wv;           /* [n_embd, n_head_kv*head_dim] */
+    lb_tensor wo;               /* [n_head*head_dim, n_embd] */
+    lb_tensor bq;               /* [n_head*head_dim] F32, optional */
+    lb_tensor bk, bv;           /* [n_head_kv*head_dim] F32, optional */
+    lb_tensor ffn_norm;         /* [n_embd] F32 */
+    lb_tensor w_gate, w_up;     /* [n_embd, n_ff] */
+    lb_tensor w_down;           /* [n_ff, n_embd] */
+} lb_layer;
+
+struct lb_model {
+    lb_model_config cfg;
+    int64_t q_dim;              /* n_head * head_dim */
+    int64_t kv_dim;             /* n_head_kv * head_dim */
+
+    lb_tensor tok_embd;         /* [n_embd, n_vocab] */
+    lb_tensor out_norm;         /* [n_embd] F32 */
+    lb_tensor output;           /* [n_embd, n_vocab]; tok_embd when tied */
+    lb_tensor rope_freqs;       /* [rope_dim/2] F32, optional */
+    lb_layer *layers;           /* [n_layer] */
+
+    int ready;
+    int32_t n_past;
+    atomic_int cancel;
+
+    /* KV cache, fp16: [n_layer][n_ctx][kv_dim] each */
+    uint16_t *k_cache;
+    uint16_t *v_cache;
+
+    /* scratch, [n_batch][...] row-major */
+    float *x;                   /* [n_batch][n_embd] residual stream */
+    float *xn;                  /* [n_batch][max(n_embd, q_dim)] normed input / attention output */
+    float *q;                   /* [n_batch][q_dim] */
+    float *k;                   /* [n_batch][kv_dim] */
+    float *v;                   /* [n_batch][kv_dim] */
+    float *tmp;                 /* [n_batch][n_embd] projection output */
+    float *gate;                /* [n_batch][n_ff] */
+    float *up;                  /* [n_batch][n_ff] */
+    float *rope_cs;             /* [n_batch][rope_dim]: cos, sin interleaved */
+    double *inv_freq;           /* [rope_dim/2] */
+    float *att;                 /* [n_threads][n_ctx] attention scores */
+    uint8_t *act;               /* encoded activations: [n_batch][act_row_max] */
+    size_t act_row_max;
+    size_t state_bytes;
+
+    lb_pool *pool;
+};
+
+/* ---- fp16 table: the cache is read far more often than written ---------- */
+
+static float lb_fp16_table[65536];
+static atomic_int lb_fp16_table_state; /* 0 unset, 1 filling, 2 ready */
+
+static void lb_fp16_table_init(void) {
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&lb_fp16_table_state, &expected, 1)) {
+        for (uint32_t i = 0; i < 65536; i++) {
+            lb_fp16_table[i] = lb_fp16_to_fp32((uint16_t)i);
+        }
+        atomic_store(&lb_fp16_table_state, 2);
+    } else {
+        while (atomic_load(&lb_fp16_table_state) != 2) {
+        }
+    }
+}
+
+/* ---- creation and tensors ------------------------------------------------ */
+
+static lb_status lb_check_config(const lb_model_config *c) {
+    if (c->arch != LB_ARCH_LLAMA && c->arch != LB_ARCH_QWEN2) {
+        return lb_fail(LB_ERR_UNSUPPORTED, "unknown architecture id %d", c->arch);
+    }
+    if (c->n_vocab < 1 || c->n_embd < 1 || c->n_layer < 1 || c->n_head < 1 || c->n_head_kv < 1 ||
+        c->head_dim < 2 || c->n_ff < 1) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT,
+                       "model dimensions must be positive (vocab %d, embd %d, layers %d, heads %d/%d, "
+                       "head_dim %d, ff %d)",
+                       c->n_vocab, c->n_embd, c->n_layer, c->n_head, c->n_head_kv, c->head_dim, c->n_ff);
+    }
+    if (c->n_head % c->n_head_kv != 0) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "%d query heads are not a multiple of %d KV heads",
+                       c->n_head, c->n_head_kv);
+    }
+    if (c->head_dim % 2 != 0 || c->rope_dim < 2 || c->rope_dim % 2 != 0 || c->rope_dim > c->head_dim) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "rope dimension %d does not fit head dimension %d",
+                       c->rope_dim, c->head_dim);
+    }
+    if (c->rope_kind != LB_ROPE_NORM && c->rope_kind != LB_ROPE_NEOX) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "unknown rope kind %d", c->rope_kind);
+    }
+    if (!(c->rope_theta > 0.0f) || !(c->rope_pos_scale > 0.0f) || !(c->rms_eps > 0.0f)) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "rope base, position scale and norm epsilon must be > 0");
+    }
+    if (c->n_ctx < 1 || c->n_batch < 1 || c->n_threads < 1) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "context %d, batch %d and threads %d must be >= 1",
+                       c->n_ctx, c->n_batch, c->n_threads);
+    }
+    if (c->kv_type != LB_TYPE_F16) {
+        return lb_fail(LB_ERR_UNSUPPORTED, "KV cache type %d is not supported (F16 only)", c->kv_type);
+    }
+    /* Keep every buffer size well inside size_t and int64 arithmetic. */
+    const double kv = 2.0 * c->n_layer * (double)c->n_ctx * c->n_head_kv * c->head_dim * 2.0;
+    if ((double)c->n_head * c->head_dim > 1e7 || (double)c->n_ff > 1e7 || (double)c->n_embd > 1e7 ||
+        kv > 1e12) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "model dimensions are implausibly large");
+    }
+    return LB_OK;
+}
+
+lb_status lb_model_create(const lb_model_config *cfg, lb_model **out) {
+    lb_clear_error();
+    if (!cfg || !out) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_model_create: NULL argument");
+    }
+    *out = NULL;
+    lb_status st = lb_check_config(cfg);
+    if (st != LB_OK) {
+        return st;
+    }
+    lb_model *m = (lb_model *)calloc(1, sizeof *m);
+    if (!m) {
+        return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the model");
+    }
+    m->cfg = *cfg;
+    m->q_dim = (int64_t)cfg->n_head * cfg->head_dim;
+    m->kv_dim = (int64_t)cfg->n_head_kv * cfg->head_dim;
+    m->layers = (lb_layer *)calloc((size_t)cfg->n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        free(m);
+        return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the model");
+    }
+    atomic_init(&m->cancel, 0);
+    lb_fp16_table_init();
+    *out = m;
+    return LB_OK;
+}
+
+static const char *lb_role_name(int32_t role) {
+    static const char *names[] = {
+        "token_embd", "output_norm", "output", "rope_freqs", "attn_norm", "attn_q", "attn_k", "attn_v",
+        "attn_output", "attn_q.bias", "attn_k.bias", "attn_v.bias", "ffn_norm", "ffn_gate", "ffn_up",
+        "ffn_down",
+    };
+    if (role < 0 || role >= (int32_t)(sizeof names / sizeof names[0])) {
+        return "?";
+    }
+    return names[role];
+}
+
+lb_status lb_model_set_tensor(lb_model *m, int32_t role, int32_t layer, int32_t type, int64_t ne0,
+                              int64_t ne1, const void *data, size_t nbytes) {
+    lb_clear_error();
+    if (!m || !data) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_model_set_tensor: NULL argument");
+    }
+    if (m->ready) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "tensors cannot change after lb_model_ready");
+    }
+    const lb_model_config *c = &m->cfg;
+    const int per_layer = role >= LB_T_ATTN_NORM && role <= LB_T_FFN_DOWN;
+    if (role < LB_T_TOKEN_EMBD || role > LB_T_FFN_DOWN) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "unknown tensor role %d", role);
+    }
+    if (per_layer ? (layer < 0 || layer >= c->n_layer) : layer != -1) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: layer index %d is out of range", lb_role_name(role), layer);
+    }
+
+    int64_t want0 = 0, want1 = 1;
+    int must_be_f32 = 0;
+    lb_tensor *t = NULL;
+    lb_layer *L = per_layer ? &m->layers[layer] : NULL;
+    switch (role) {
+    case LB_T_TOKEN_EMBD: want0 = c->n_embd; want1 = c->n_vocab; t = &m->tok_embd; break;
+    case LB_T_OUTPUT: want0 = c->n_embd; want1 = c->n_vocab; t = &m->output; break;
+    case LB_T_OUTPUT_NORM: want0 = c->n_embd; must_be_f32 = 1; t = &m->out_norm; break;
+    case LB_T_ROPE_FREQS: want0 = c->rope_dim / 2; must_be_f32 = 1; t = &m->rope_freqs; break;
+    case LB_T_ATTN_NORM: want0 = c->n_embd; must_be_f32 = 1; t = &L->attn_norm; break;
+    case LB_T_ATTN_Q: want0 = c->n_embd; want1 = m->q_dim; t = &L->wq; break;
+    case LB_T_ATTN_K: want0 = c->n_embd; want1 = m->kv_dim; t = &L->wk; break;
+    case LB_T_ATTN_V: want0 = c->n_embd; want1 = m->kv_dim; t = &L->wv; break;
+    case LB_T_ATTN_OUT: want0 = m->q_dim; want1 = c->n_embd; t = &L->wo; break;
+    case LB_T_ATTN_Q_BIAS: want0 = m->q_dim; must_be_f32 = 1; t = &L->bq; break;
+    case LB_T_ATTN_K_BIAS: want0 = m->kv_dim; must_be_f32 = 1; t = &L->bk; break;
+    case LB_T_ATTN_V_BIAS: want0 = m->kv_dim; must_be_f32 = 1; t = &L->bv; break;
+    case LB_T_FFN_NORM: want0 = c->n_embd; must_be_f32 = 1; t = &L->ffn_norm; break;
+    case LB_T_FFN_GATE: want0 = c->n_embd; want1 = c->n_ff; t = &L->w_gate; break;
+    case LB_T_FFN_UP: want0 = c->n_embd; want1 = c->n_ff; t = &L->w_up; break;
+    case LB_T_FFN_DOWN: want0 = c->n_ff; want1 = c->n_embd; t = &L->w_down; break;
+    default: return lb_fail(LB_ERR_INVALID_ARGUMENT, "unknown tensor role %d", role);
+    }
+    if (ne0 != want0 || ne1 != want1) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: shape [%lld, %lld] does not match the model's [%lld, %lld]",
+                       lb_role_name(role), (long long)ne0, (long long)ne1, (long long)want0, (long long)want1);
+    }
+    const lb_type_traits *tr = lb_get_type_traits(type);
+    if (!tr || !tr->is_weight || !tr->vec_dot || !tr->to_float) {
+        return lb_fail(LB_ERR_UNSUPPORTED, "%s: tensor type %d is not supported", lb_role_name(role), type);
+    }
+    if (must_be_f32 && type != LB_TYPE_F32) {
+        return lb_fail(LB_ERR_UNSUPPORTED, "%s: must be F32, not %s", lb_role_name(role), tr->name);
+    }
+    const size_t row = lb_row_bytes(type, ne0);
+    if (row == 0) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: row length %lld is not a whole number of %s blocks of %lld",
+                       lb_role_name(role), (long long)ne0, tr->name, (long long)tr->blck_size);
+    }
+    if ((uint64_t)ne1 > SIZE_MAX / row || row * (size_t)ne1 != nbytes) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: %zu bytes given, %s [%lld, %lld] needs %zu",
+                       lb_role_name(role), nbytes, tr->name, (long long)ne0, (long long)ne1, row * (size_t)ne1);
+    }
+    t->type = type;
+    t->ne0 = ne0;
+    t->ne1 = ne1;
+    t->data = data;
+    t->row_bytes = row;
+    return LB_OK;
+}
+
+static void *lb_alloc(size_t n, size_t size, size_t *total) {
+    if (n == 0) {
+        n = 1;
+    }
+    if (size != 0 && n > SIZE_MAX / size) {
+        return NULL;
+    }
+    *total += n * size;
+    return calloc(n, size);
+}
+
+/* Largest encoded activation row over the weights' vec_dot types. */
+static size_t lb_act_bytes(const lb_tensor *t, size_t cur) {
+    if (!t->data) {
+        return cur;
+    }
+    const lb_type_traits *tr = lb_get_type_traits(t->type);
+    const size_t b = lb_row_bytes(tr->vec_dot_type, t->ne0);
+    return b > cur ? b : cur;
+}
+
+lb_status lb_model_ready(lb_model *m) {
+    lb_clear_error();
+    if (!m) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_model_ready: NULL model");
+    }
+    if (m->ready) {
+        return LB_OK;
+    }
+    const lb_model_config *c = &m->cfg;
+    if (!m->tok_embd.data) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "missing tensor token_embd");
+    }
+    if (!m->out_norm.data) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "missing tensor output_norm");
+    }
+    if (!m->output.data) {
+        m->output = m->tok_embd; /* tied embeddings */
+    }
+    for (int l = 0; l < c->n_layer; l++) {
+        const lb_layer *L = &m->layers[l];
+        const lb_tensor *req[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo,
+                                  &L->ffn_norm, &L->w_gate, &L->w_up, &L->w_down};
+        const int32_t roles[] = {LB_T_ATTN_NORM, LB_T_ATTN_Q, LB_T_ATTN_K, LB_T_ATTN_V, LB_T_ATTN_OUT,
+                                 LB_T_FFN_NORM, LB_T_FFN_GATE, LB_T_FFN_UP, LB_T_FFN_DOWN};
+        for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
+            if (!req[i]->data) {
+                return lb_fail(LB_ERR_INVALID_ARGUMENT, "missing tensor blk.%d.%s", l, lb_role_name(roles[i]));
+            }
+        }
+        if (c->arch == LB_ARCH_QWEN2 && (!L->bq.data || !L->bk.data || !L->bv.data)) {
+            return lb_fail(LB_ERR_INVALID_ARGUMENT, "missing Q/K/V bias tensors in layer %d (qwen2)", l);
+        }
+    }
+
+    size_t act = 0;
+    act = lb_act_bytes(&m->output, act);
+    for (int l = 0; l < c->n_layer; l++) {
+        const lb_layer *L = &m->layers[l];
+        act = lb_act_bytes(&L->wq, act);
+        act = lb_act_bytes(&L->wk, act);
+        act = lb_act_bytes(&L->wv, act);
+        act = lb_act_bytes(&L->wo, act);
+        act = lb_act_bytes(&L->w_gate, act);
+        act = lb_act_bytes(&L->w_up, act);
+        act = lb_act_bytes(&L->w_down, act);
+    }
+    m->act_row_max = act;
+
+    const size_t nb = (size_t)c->n_batch;
+    const size_t kv_elems = (size_t)c->n_layer * (size_t)c->n_ctx * (size_t)m->kv_dim;
+    const size_t xn_w = (size_t)(c->n_embd > m->q_dim ? c->n_embd : m->q_dim);
+    size_t total = 0;
+    m->k_cache = (uint16_t *)lb_alloc(kv_elems, sizeof(uint16_t), &total);
+    m->v_cache = (uint16_t *)lb_alloc(kv_elems, sizeof(uint16_t), &total);
+    m->x = (float *)lb_alloc(nb * (size_t)c->n_embd, sizeof(float), &total);
+    m->xn = (float *)lb_alloc(nb * xn_w, sizeof(float), &total);
+    m->q = (float *)lb_alloc(nb * (size_t)m->q_dim, sizeof(float), &total);
+    m->k = (float *)lb_alloc(nb * (size_t)m->kv_dim, sizeof(float), &total);
+    m->v = (float *)lb_alloc(nb * (size_t)m->kv_dim, sizeof(float), &total);
+    m->tmp = (float *)lb_alloc(nb * (size_t)c->n_embd, sizeof(float), &total);
+    m->gate = (float *)lb_alloc(nb * (size_t)c->n_ff, sizeof(float), &total);
+    m->up = (float *)lb_alloc(nb * (size_t)c->n_ff, sizeof(float), &total);
+    m->rope_cs = (float *)lb_alloc(nb * (size_t)c->rope_dim, sizeof(float), &total);
+    m->inv_freq = (double *)lb_alloc((size_t)c->rope_dim / 2, sizeof(double), &total);
+    m->att = (float *)lb_alloc((size_t)c->n_threads * (size_t)c->n_ctx, sizeof(float), &total);
+    m->act = (uint8_t *)lb_alloc(nb, act, &total);
+    if (!m->k_cache || !m->v_cache || !m->x || !m->xn || !m->q || !m->k || !m->v || !m->tmp || !m->gate ||
+        !m->up || !m->rope_cs || !m->inv_freq || !m->att || !m->act) {
+        return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the KV cache and buffers (%.1f MiB)",
+                       (double)total / (1024.0 * 1024.0));
+    }
+    m->state_bytes = total;
+
+    const float *ff = (const float *)m->rope_freqs.data;
+    for (int i = 0; i < c->rope_dim / 2; i++) {
+        double f = pow((double)c->rope_theta, -2.0 * i / (double)c->rope_dim);
+        if (ff) {
+            if (!(ff[i] > 0.0f) || !isfinite(ff[i])) {
+                return lb_fail(LB_ERR_INVALID_ARGUMENT, "rope_freqs[%d] = %g is not a positive number", i,
+                               (double)ff[i]);
+            }
+            f /= (double)ff[i];
+        }
+        m->inv_freq[i] = f;
+    }
+
+    lb_status st = lb_pool_create(c->n_threads, &m->pool);
+    if (st != LB_OK) {
+        return st;
+    }
+    m->ready = 1;
+    return LB_OK;
+}
+
+void lb_model_free(lb_model *m) {
+    if (!m) {
+        return;
+    }
+    lb_pool_free(m->pool);
+    free(m->layers);
+    free(m->k_cache);
+    free(m->v_cache);
+    free(m->x);
+    free(m->xn);
+    free(m->q);
+    free(m->k);
+    free(m->v);
+    free(m->tmp);
+    free(m->gate);
+    free(m->up);
+    free(m->rope_cs);
+    free(m->inv_freq);
+    free(m->att);
+    free(m->act);
+    free(m);
+}
+
+int32_t lb_model_n_past(const lb_model *m) { return m ? m->n_past : 0; }
+
+void lb_model_cancel(lb_model *m) {
+    if (m) {
+        atomic_store(&m->cancel, 1);
+    }
+}
+
+size_t lb_model_state_bytes(const lb_model *m) { return m ? m->state_bytes : 0; }
+
+/* ---- parallel building blocks ------------------------------------------- */
+
+typedef struct lb_encode_job {
+    const float *src;           /* [n][ld_src] */
+    int64_t ld_src, n_elems;
+    int32_t type;
+    uint8_t *dst;               /* [n][row_bytes] */
+    size_t row_bytes;
+} lb_encode_job;
+
+static void lb_encode_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    const lb_encode_job *j = (const lb_encode_job *)ctx;
+    lb_get_type_traits(j->type)->from_float(j->src + t * j->ld_src, j->dst + (size_t)t * j->row_bytes,
+                                            j->n_elems);
+}
+
+typedef struct lb_matmul_job {
+    const lb_tensor *w;
+    const uint8_t *act;         /* [n_tok][act_row] encoded inputs */
+    size_t act_row;
+    int64_t n_tok;
+    float *out;                 /* [n_tok][ld_out] */
+    int64_t ld_out;
+    lb_vec_dot_fn dot;
+} lb_matmul_job;
+
+static void lb_matmul_task(void *ctx, int64_t task, int tid) {
+    (void)tid;
+    const lb_matmul_job *j = (const lb_matmul_job *)ctx;
+    const int64_t r0 = task * LB_ROWS_PER_TASK;
+    const int64_t r1 = r0 + LB_ROWS_PER_TASK < j->w->ne1 ? r0 + LB_ROWS_PER_TASK : j->w->ne1;
+    const uint8_t *w = (const uint8_t *)j->w->data;
+    /* A chunk of weight rows stays in cache while every token passes over it. */
+    for (int64_t t = 0; t < j->n_tok; t++) {
+        const uint8_t *a = j->act + (size_t)t * j->act_row;
+        float *o = j->out + t * j->ld_out;
+        for (int64_t r = r0; r < r1; r++) {
+            j->dot(j->w->ne0, &o[r], w + (size_t)r * j->w->row_bytes, a);
+        }
+    }
+}
+
+/* out[t][0..w.ne1) = W x[t] for the n_tok rows of x (row stride ld_x). The
+ * encoded activations are reused when several weights read the same x in the
+ * same format (Q, K and V; gate and up); the caller sets enc->src to NULL
+ * whenever it rewrites x. */
+typedef struct lb_encoded {
+    const float *src;
+    int32_t type;
+    int64_t n_tok;
+} lb_encoded;
+
+static void lb_matmul(lb_model *m, lb_encoded *enc, const lb_tensor *w, const float *x, int64_t ld_x,
+                      int64_t n_tok, float *out, int64_t ld_out) {
+    const lb_type_traits *tr = lb_get_type_traits(w->type);
+    const int32_t vt = tr->vec_dot_type;
+    const size_t act_row = lb_row_bytes(vt, w->ne0);
+    if (!(enc->src == x && enc->type == vt && enc->n_tok == n_tok)) {
+        lb_encode_job ej = {x, ld_x, w->ne0, vt, m->act, act_row};
+        lb_pool_run(m->pool, lb_encode_task, &ej, n_tok);
+        enc->src = x;
+        enc->type = vt;
+        enc->n_tok = n_tok;
+    }
+    lb_matmul_job mj = {w, m->act, act_row, n_tok, out, ld_out, tr->vec_dot};
+    lb_pool_run(m->pool, lb_matmul_task, &mj, (w->ne1 + LB_ROWS_PER_TASK - 1) / LB_ROWS_PER_TASK);
+}
+
+static void lb_rmsnorm(float *dst, const float *x, const float *w, int64_t n, float eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        ss += (double)x[i] * x[i];
+    }
+    const float s = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    for (int64_t i = 0; i < n; i++) {
+        dst[i] = x[i] * s * w[i];
+    }
+}
+
+/* Rotate one head in place. cs holds cos/sin pairs per frequency. */
+static void lb_rope_head(float *h, const float *cs, int rope_dim, int kind) {
+    const int half = rope_dim / 2;
+    for (int i = 0; i < half; i++) {
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        float *a, *b;
+        if (kind == LB_ROPE_NORM) {
+            a = &h[2 * i];
+            b = &h[2 * i + 1];
+        } else {
+            a = &h[i];
+            b = &h[i + half];
+        }
+        const float x0 = *a, x1 = *b;
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
+    }
+}
+
+typedef struct lb_attn_job {
+    lb_model *m;
+    int layer;
+    int32_t pos0;
+    int64_t n_tok;
+} lb_attn_job;
+
+/* One (token, head) pair: causal attention over the cache. */
+static void lb_attn_task(void *ctx, int64_t task, int tid) {
+    const lb_attn_job *j = (const lb_attn_job *)ctx;
+    lb_model *m = j->m;
+    const lb_model_config *c = &m->cfg;
+    const int64_t t = task / c->n_head;
+    const int h = (int)(task % c->n_head);
+    const int kvh = h / (c->n_head / c->n_head_kv);
+    const int hd = c->head_dim;
+    const int64_t n_keys = (int64_t)j->pos0 + t + 1;
+    const float *q = m->q + t * m->q_dim + (int64_t)h * hd;
+    const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * (size_t)m->kv_dim;
+    const uint16_t *kc = m->k_cache + layer_off + (size_t)kvh * hd;
+    const uint16_t *vc = m->v_cache + layer_off + (size_t)kvh * hd;
+    float *sc = m->att + (size_t)tid * (size_t)c->n_ctx;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < n_keys; p++) {
+        const uint16_t *kp = kc + (size_t)p * m->kv_dim;
+        float d = 0.0f;
+        for (int i = 0; i < hd; i++) {
+            d += q[i] * lb_fp16_table[kp[i]];
+        }
+        d *= scale;
+        sc[p] = d;
+        mx = d > mx ? d : mx;
+    }
+    float sum = 0.0f;
+    for (int64_t p = 0; p < n_keys; p++) {
+        sc[p] = expf(sc[p] - mx);
+        sum += sc[p];
+    }
+    const float inv = 1.0f / sum;
+    float *o = m->xn + t * m->q_dim + (int64_t)h * hd;
+    for (int i = 0; i < hd; i++) {
+        o[i] = 0.0f;
+    }
+    for (int64_t p = 0; p < n_keys; p++) {
+        const uint16_t *vp = vc + (size_t)p * m->kv_dim;
+        const float w = sc[p] * inv;
+        for (int i = 0; i < hd; i++) {
+            o[i] += w * lb_fp16_table[vp[i]];
+        }
+    }
+}
+
+static void lb_add_bias(float *x, const lb_tensor *b, int64_t n_tok, int64_t ld) {
+    if (!b->data) {
+        return;
+    }
+    const float *bv = (const float *)b->data;
+    for (int64_t t = 0; t < n_tok; t++) {
+        for (int64_t i = 0; i < b->ne0; i++) {
+            x[t * ld + i] += bv[i];
+        }
+    }
+}
+
+enum { LB_LOGITS_NONE = 0, LB_LOGITS_LAST = 1, LB_LOGITS_ALL = 2 };
+
+/* One chunk of at most n_batch tokens. */
+static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_tok, int32_t pos0,
+                                  float *logits, int logits_mode) {
+    const lb_model_config *c = &m->cfg;
+    const int64_t d = c->n_embd;
+    const float eps = c->rms_eps;
+    lb_encoded enc = {NULL, -1, 0};
+
+    const lb_type_traits *et = lb_get_type_traits(m->tok_embd.type);
+    for (int64_t t = 0; t < n_tok; t++) {
+        const uint8_t *row = (const uint8_t *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes;
+        et->to_float(row, m->x + t * d, d);
+    }
+
+    const int half = c->rope_dim / 2;
+    for (int64_t t = 0; t < n_tok; t++) {
+        const double p = (double)(pos0 + t) * (double)c->rope_pos_scale;
+        float *cs = m->rope_cs + t * c->rope_dim;
+        for (int i = 0; i < half; i++) {
+            const double a = p * m->inv_freq[i];
+            cs[2 * i] = (float)cos(a);
+            cs[2 * i + 1] = (float)sin(a);
+        }
+    }
+
+    for (int l = 0; l < c->n_layer; l++) {
+        if (atomic_load_explicit(&m->cancel, memory_order_relaxed)) {
+            return lb_fail(LB_ERR_CANCELLED, "cancelled");
+        }
+        const lb_layer *L = &m->layers[l];
+
+        /* attention */
+        for (int64_t t = 0; t < n_tok; t++) {
+            lb_rmsnorm(m->xn + t * d, m->x + t * d, (const float *)L->attn_norm.data, d, eps);
+        }
+        enc.src = NULL; /* xn was rewritten */
+        lb_matmul(m, &enc, &L->wq, m->xn, d, n_tok, m->q, m->q_dim);
+        lb_matmul(m, &enc, &L->wk, m->xn, d, n_tok, m->k, m->kv_dim);
+        lb_matmul(m, &enc, &L->wv, m->xn, d, n_tok, m->v, m->kv_dim);
+        lb_add_bias(m->q, &L->bq, n_tok, m->q_dim);
+        lb_add_bias(m->k, &L->bk, n_tok, m->kv_dim);
+        lb_add_bias(m->v, &L->bv, n_tok, m->kv_dim);
+
+        const size_t layer_off = (size_t)l * (size_t)c->n_ctx * (size_t)m->kv_dim;
+        for (int64_t t = 0; t < n_tok; t++) {
+            const float *cs = m->rope_cs + t * c->rope_dim;
+            for (int h = 0; h < c->n_head; h++) {
+                lb_rope_head(m->q + t * m->q_dim + (int64_t)h * c->head_dim, cs, c->rope_dim, c->rope_kind);
+            }
+            for (int h = 0; h < c->n_head_kv; h++) {
+                lb_rope_head(m->k + t * m->kv_dim + (int64_t)h * c->head_dim, cs, c->rope_dim, c->rope_kind);
+            }
+            uint16_t *kd = m->k_cache + layer_off + (size_t)(pos0 + t) * (size_t)m->kv_dim;
+            uint16_t *vd = m->v_cache + layer_off + (size_t)(pos0 + t) * (size_t)m->kv_dim;
+            for (int64_t i = 0; i < m->kv_dim; i++) {
+                kd[i] = lb_fp32_to_fp16(m->k[t * m->kv_dim + i]);
+                vd[i] = lb_fp32_to_fp16(m->v[t * m->kv_dim + i]);
+            }
+        }
+        lb_attn_job aj = {m, l, pos0, n_tok};
+        lb_pool_run(m->pool, lb_attn_task, &aj, n_tok * c->n_head);
+        /* xn now holds the attention output [n_tok][q_dim] */
+        enc.src = NULL;
+        lb_matmul(m, &enc, &L->wo, m->xn, m->q_dim, n_tok, m->tmp, d);
+        for (int64_t i = 0; i < n_tok * d; i++) {
+            m->x[i] += m->tmp[i];
+        }
+
+        /* feed-forward (SwiGLU) */
+        for (int64_t t = 0; t < n_tok; t++) {
+            lb_rmsnorm(m->xn + t * d, m->x + t * d, (const float *)L->ffn_norm.data, d, eps);
+        }
+        enc.src = NULL;
+        lb_matmul(m, &enc, &L->w_gate, m->xn, d, n_tok, m->gate, c->n_ff);
+        lb_matmul(m, &enc, &L->w_up, m->xn, d, n_tok, m->up, c->n_ff);
+        for (int64_t i = 0; i < n_tok * (int64_t)c->n_ff; i++) {
+            const float g = m->gate[i];
+            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
+        }
+        enc.src = NULL;
+        lb_matmul(m, &enc, &L->w_down, m->gate, c->n_ff, n_tok, m->tmp, d);
+        for (int64_t i = 0; i < n_tok * d; i++) {
+            m->x[i] += m->tmp[i];
+        }
+    }
+
+    /* output head: every token's logits, or only the last one's */
+    if (logits_mode == LB_LOGITS_NONE) {
+        return LB_OK;
+    }
+    const int64_t first = logits_mode == LB_LOGITS_ALL ? 0 : n_tok - 1;
+    const int64_t n_out = n_tok - first;
+    for (int64_t t = 0; t < n_out; t++) {
+        lb_rmsnorm(m->xn + t * d, m->x + (first + t) * d, (const float *)m->out_norm.data, d, eps);
+    }
+    enc.src = NULL;
+    lb_matmul(m, &enc, &m->output, m->xn, d, n_out, logits, c->n_vocab);
+    return LB_OK;
+}
+
+lb_status lb_forward(lb_model *m, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
+                     size_t logits_len, int32_t logits_all) {
+    lb_clear_error();
+    if (!m || !tokens || !logits) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_forward: NULL argument");
+    }
+    if (!m->ready) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_forward: call lb_model_ready first");
+    }
+    const lb_model_config *c = &m->cfg;
+    if (n_tokens < 1) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "no tokens to process");
+    }
+    if (pos < 0 || pos > m->n_past) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "position %d is past the %d cached positions", pos, m->n_past);
+    }
+    if ((int64_t)pos + n_tokens > c->n_ctx) {
+        return lb_fail(LB_ERR_CONTEXT_FULL, "%lld tokens do not fit in the context of %d",
+                       (long long)pos + n_tokens, c->n_ctx);
+    }
+    const size_t need = (size_t)(logits_all ? n_tokens : 1) * (size_t)c->n_vocab;
+    if (logits_len < need) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "logits buffer holds %zu floats, %zu needed", logits_len, need);
+    }
+    for (int32_t i = 0; i < n_tokens; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->n_vocab) {
+            return lb_fail(LB_ERR_INVALID_ARGUMENT, "token id %d at index %d is outside the vocabulary of %d",
+                           tokens[i], i, c->n_vocab);
+        }
+    }
+    atomic_store(&m->cancel, 0);
+    m->n_past = pos;
+
+    for (int32_t done = 0; done < n_tokens;) {
+        const int32_t n = n_tokens - done < c->n_batch ? n_tokens - done : c->n_batch;
+        const int last_chunk = done + n == n_tokens;
+        float *out = logits_all ? logits + (size_t)done * (size_t)c->n_vocab : logits;
+        const int mode = logits_all ? LB_LOGITS_ALL : last_chunk ? LB_LOGITS_LAST : LB_LOGITS_NONE;
+        const lb_status st = lb_forward_chunk(m, tokens + done, n, pos + done, out, mode);
+        if (st != LB_OK) {
+            return st;
+        }
+        done += n;
+        m->n_past = pos + done;
+    }
+    return LB_OK;
+}
