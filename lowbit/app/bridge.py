@@ -1,16 +1,20 @@
 """Qt side of the core worker: requests go in as method calls, results come out as signals.
 
-The core worker calls its callbacks on its own thread. Emitting a signal from
-there to objects living in the GUI thread is delivered as a queued call, so the
-widgets are only ever touched by the GUI thread.
+The core worker calls its callbacks on its own thread, which Qt did not start.
+Those callbacks only put plain data on a thread-safe queue; a timer in the GUI
+thread drains it every 25 ms and emits the public signals there. No Qt call is
+made from the worker thread at all: PySide's signal emission from threads it
+does not know corrupted reference counts under load (seen as crashes at exit),
+and the timer also batches streamed tokens into a few updates per frame.
 """
 
 from __future__ import annotations
 
+import queue
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from lowbit.core.engine import GenerationStats, TokenEvent
 from lowbit.core.errors import CancelledError
@@ -31,12 +35,30 @@ class WorkerBridge(QObject):
         super().__init__(parent)
         self._worker = Worker()
         self._job: Job[Any] | None = None
+        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]]] = queue.SimpleQueue()
+        self._timer = QTimer(self)
+        self._timer.setInterval(25)
+        self._timer.timeout.connect(self._drain)
+        self._timer.start()
+
+    def _post(self, signal: str, *args: Any) -> None:
+        """Called on the worker thread: no Qt here."""
+        self._queue.put((signal, args))
+
+    @Slot()
+    def _drain(self) -> None:
+        while True:
+            try:
+                name, args = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            getattr(self, name).emit(*args)
 
     def load_model(self, path: str | Path, **options: Any) -> None:
         self._job = self._worker.load_model(
             path,
             on_progress=self._on_progress,
-            on_done=lambda m: self.model_loaded.emit(m.describe()),
+            on_done=lambda m: self._post("model_loaded", m.describe()),
             on_error=lambda e: self._on_error("load", e),
             **options,
         )
@@ -56,21 +78,22 @@ class WorkerBridge(QObject):
         self._worker.cancel_current()
 
     def shutdown(self, timeout: float = 5.0) -> bool:
+        self._timer.stop()
         return self._worker.shutdown(timeout=timeout)
 
-    # callbacks on the worker thread -> signals
+    # callbacks on the worker thread
     def _on_progress(self, p: Progress) -> None:
-        self.progress.emit(p)
+        self._post("progress", p)
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, TokenEvent):
-            self.token.emit(ev)
+            self._post("token", ev)
 
     def _on_generated(self, stats: GenerationStats) -> None:
-        self.generation_done.emit(stats)
+        self._post("generation_done", stats)
 
     def _on_error(self, job: str, e: BaseException) -> None:
         if isinstance(e, CancelledError):
-            self.failed.emit(job, "Cancelled.")
+            self._post("failed", job, "Cancelled.")
         else:
-            self.failed.emit(job, str(e) or type(e).__name__)
+            self._post("failed", job, str(e) or type(e).__name__)

@@ -172,6 +172,8 @@ class MainWindow(QMainWindow):
         if not text or self._busy or self._model_info is None:
             return
         self._input.clear()
+        if not self._messages:
+            self._transcript.clear()  # drop the welcome / "loaded" note
         self._messages.append({"role": "user", "content": text})
         self._append_html(f"<p><b>You</b><br>{_escape(text)}</p><p><b>Model</b><br>")
         self._reply = []

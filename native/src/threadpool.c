@@ -1,6 +1,9 @@
 /* A persistent thread pool. The calling thread takes part in every job as
- * worker 0; the others sleep on a condition variable between jobs. Tasks are
- * claimed from an atomic counter, so uneven tasks balance themselves. */
+ * worker 0. Tasks are claimed from an atomic counter, so uneven tasks balance
+ * themselves. A decoding step runs a few hundred short jobs, so between jobs
+ * workers first spin on the job counter for a while (a wake-up through the
+ * kernel costs tens of microseconds) and only then sleep on a condition
+ * variable. */
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -20,8 +23,10 @@ static void lb_cond_init(lb_cond_t *c) { InitializeConditionVariable(c); }
 static void lb_cond_destroy(lb_cond_t *c) { (void)c; }
 static void lb_cond_wait(lb_cond_t *c, lb_mutex_t *m) { SleepConditionVariableSRW(c, m, INFINITE, 0); }
 static void lb_cond_broadcast(lb_cond_t *c) { WakeAllConditionVariable(c); }
+static void lb_yield(void) { SwitchToThread(); }
 #else
 #include <pthread.h>
+#include <sched.h>
 typedef pthread_t lb_thread_t;
 typedef pthread_mutex_t lb_mutex_t;
 typedef pthread_cond_t lb_cond_t;
@@ -33,6 +38,7 @@ static void lb_cond_init(lb_cond_t *c) { pthread_cond_init(c, NULL); }
 static void lb_cond_destroy(lb_cond_t *c) { pthread_cond_destroy(c); }
 static void lb_cond_wait(lb_cond_t *c, lb_mutex_t *m) { pthread_cond_wait(c, m); }
 static void lb_cond_broadcast(lb_cond_t *c) { pthread_cond_broadcast(c); }
+static void lb_yield(void) { sched_yield(); }
 #endif
 
 typedef struct lb_worker {
@@ -47,11 +53,10 @@ struct lb_pool {
     int n_started;
 
     lb_mutex_t mutex;
-    lb_cond_t wake;     /* a new job or shutdown */
-    lb_cond_t done;     /* a worker finished the job */
-    uint64_t generation;/* bumped per job, under mutex */
-    int n_finished;     /* under mutex */
-    int shutdown;       /* under mutex */
+    lb_cond_t wake;     /* a new job or shutdown, for sleeping workers */
+    _Alignas(64) atomic_ullong generation; /* bumped per job */
+    _Alignas(64) atomic_int n_finished;    /* workers done with the current job */
+    atomic_int shutdown;
 
     /* the current job */
     lb_task_fn fn;
@@ -71,6 +76,16 @@ static void lb_pool_drain(lb_pool *p, int thread_id) {
     }
 }
 
+static inline void lb_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+#define LB_SPIN_ROUNDS 20000 /* roughly 50-200 microseconds */
+
 #if defined(_WIN32)
 static DWORD WINAPI lb_worker_main(LPVOID arg)
 #else
@@ -79,25 +94,27 @@ static void *lb_worker_main(void *arg)
 {
     lb_worker *w = (lb_worker *)arg;
     lb_pool *p = w->pool;
-    uint64_t seen = 0;
+    unsigned long long seen = 0;
     for (;;) {
-        lb_mutex_lock(&p->mutex);
-        while (!p->shutdown && p->generation == seen) {
-            lb_cond_wait(&p->wake, &p->mutex);
+        unsigned long long gen = atomic_load_explicit(&p->generation, memory_order_acquire);
+        for (int i = 0; gen == seen && i < LB_SPIN_ROUNDS; i++) {
+            lb_cpu_relax();
+            gen = atomic_load_explicit(&p->generation, memory_order_acquire);
         }
-        if (p->shutdown) {
+        if (gen == seen) {
+            lb_mutex_lock(&p->mutex);
+            while (!atomic_load(&p->shutdown) &&
+                   (gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen) {
+                lb_cond_wait(&p->wake, &p->mutex);
+            }
             lb_mutex_unlock(&p->mutex);
+        }
+        if (atomic_load(&p->shutdown)) {
             break;
         }
-        seen = p->generation;
-        lb_mutex_unlock(&p->mutex);
-
+        seen = gen;
         lb_pool_drain(p, w->id);
-
-        lb_mutex_lock(&p->mutex);
-        p->n_finished++;
-        lb_cond_broadcast(&p->done);
-        lb_mutex_unlock(&p->mutex);
+        atomic_fetch_add_explicit(&p->n_finished, 1, memory_order_release);
     }
 #if defined(_WIN32)
     return 0;
@@ -118,8 +135,10 @@ lb_status lb_pool_create(int n_threads, lb_pool **out) {
     p->n_threads = n_threads;
     lb_mutex_init(&p->mutex);
     lb_cond_init(&p->wake);
-    lb_cond_init(&p->done);
     atomic_init(&p->next_task, 0);
+    atomic_init(&p->generation, 0);
+    atomic_init(&p->n_finished, 0);
+    atomic_init(&p->shutdown, 0);
     if (n_threads > 1) {
         p->workers = (lb_worker *)calloc((size_t)(n_threads - 1), sizeof *p->workers);
         if (!p->workers) {
@@ -160,19 +179,24 @@ void lb_pool_run(lb_pool *p, lb_task_fn fn, void *ctx, int64_t n_tasks) {
     /* Few tasks: waking the others costs more than it saves. */
     const int use_workers = p->n_started > 0 && n_tasks > 1;
     if (use_workers) {
+        atomic_store_explicit(&p->n_finished, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+        /* Wake sleepers; taking the mutex orders this after their check. */
         lb_mutex_lock(&p->mutex);
-        p->n_finished = 0;
-        p->generation++;
         lb_cond_broadcast(&p->wake);
         lb_mutex_unlock(&p->mutex);
     }
     lb_pool_drain(p, 0);
     if (use_workers) {
-        lb_mutex_lock(&p->mutex);
-        while (p->n_finished < p->n_started) {
-            lb_cond_wait(&p->done, &p->mutex);
+        /* The others are working on the same job: finishing is imminent. */
+        int spins = 0;
+        while (atomic_load_explicit(&p->n_finished, memory_order_acquire) < p->n_started) {
+            if (++spins < LB_SPIN_ROUNDS) {
+                lb_cpu_relax();
+            } else {
+                lb_yield();
+            }
         }
-        lb_mutex_unlock(&p->mutex);
     }
 }
 
@@ -180,8 +204,8 @@ void lb_pool_free(lb_pool *p) {
     if (!p) {
         return;
     }
+    atomic_store(&p->shutdown, 1);
     lb_mutex_lock(&p->mutex);
-    p->shutdown = 1;
     lb_cond_broadcast(&p->wake);
     lb_mutex_unlock(&p->mutex);
     for (int i = 0; i < p->n_started; i++) {
@@ -193,7 +217,6 @@ void lb_pool_free(lb_pool *p) {
 #endif
     }
     lb_cond_destroy(&p->wake);
-    lb_cond_destroy(&p->done);
     lb_mutex_destroy(&p->mutex);
     free(p->workers);
     free(p);
