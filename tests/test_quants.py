@@ -15,6 +15,7 @@ from gguf import quants as gq
 
 from lowbit.core.errors import InvalidArgumentError, NativeError
 from lowbit.core.native import LB_ERR_UNSUPPORTED, check, ffi, lib
+from tests.tiny_models import FP16_FIELDS
 
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 QUANT_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL]
@@ -26,22 +27,6 @@ VEC_DOT_TYPE = {t: T.F32 for t in FLOAT_TYPES}
 VEC_DOT_TYPE.update({t: T.Q8_0 for t in (T.Q4_0, T.Q5_0, T.Q8_0, T.IQ4_NL)})
 VEC_DOT_TYPE.update({t: T.Q8_1 for t in (T.Q4_1, T.Q5_1)})
 VEC_DOT_TYPE.update({t: T.Q8_K for t in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)})
-
-# Byte offsets of the fp16 fields in a block: the scale d first, then the
-# minimum (m or dmin) where the type has one.
-FP16_FIELDS = {
-    T.Q4_0: (0,),
-    T.Q4_1: (0, 2),
-    T.Q5_0: (0,),
-    T.Q5_1: (0, 2),
-    T.Q8_0: (0,),
-    T.Q2_K: (80, 82),
-    T.Q3_K: (108,),
-    T.Q4_K: (0, 2),
-    T.Q5_K: (0, 2),
-    T.Q6_K: (208,),
-    T.IQ4_NL: (0,),
-}
 
 # Q8_1 is 36 bytes (fp16 d and s) in GGML; gguf-py still lists the old 40-byte
 # layout. It is an activation format only, never stored in a file.

@@ -14,8 +14,9 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-# Byte offsets of the fp16 scale fields inside one block, per type (GGML layouts).
-_F16_FIELDS: dict[QT, tuple[int, ...]] = {
+# Byte offsets of the fp16 fields in a block (GGML layouts): the scale d first,
+# then the minimum (m or dmin) where the type has one.
+FP16_FIELDS: dict[QT, tuple[int, ...]] = {
     QT.Q4_0: (0,),
     QT.Q4_1: (0, 2),
     QT.Q5_0: (0,),
@@ -39,7 +40,7 @@ def random_blocks(qtype: QT, n_blocks: int, rng: np.random.Generator, scale: flo
     """Random blocks of a quantized type as uint8 [n_blocks, type_size]."""
     _, type_size = gguf.GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
-    for off in _F16_FIELDS[qtype]:
+    for off in FP16_FIELDS[qtype]:
         vals = (rng.uniform(0.5, 1.5, size=n_blocks) * scale).astype(np.float16)
         raw[:, off : off + 2] = vals.view(np.uint8).reshape(n_blocks, 2)
     return raw

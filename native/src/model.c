@@ -233,6 +233,11 @@ lb_status lb_model_set_tensor(lb_model *m, int32_t role, int32_t layer, int32_t 
         return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: %zu bytes given, %s [%lld, %lld] needs %zu",
                        lb_role_name(role), nbytes, tr->name, (long long)ne0, (long long)ne1, row * (size_t)ne1);
     }
+    /* Blocks are read through typed pointers (fp16 and float fields). GGUF
+     * aligns tensor data to 32 bytes unless a file asks for less. */
+    if ((uintptr_t)data % 4 != 0) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: tensor data is not 4-byte aligned", lb_role_name(role));
+    }
     t->type = type;
     t->ne0 = ne0;
     t->ne1 = ne1;
