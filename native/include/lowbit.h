@@ -176,7 +176,8 @@ lb_status lb_model_ready(lb_model *m);
  * otherwise n_tokens * n_vocab logits, row per token. Returns
  * LB_ERR_CONTEXT_FULL without computing if pos + n_tokens > n_ctx, and
  * LB_ERR_CANCELLED if lb_model_cancel was called meanwhile (the cache then
- * ends at pos). */
+ * keeps the batches of n_batch tokens completed before the cancel; see
+ * lb_model_n_past). */
 lb_status lb_forward(lb_model *m, const int32_t *tokens, int32_t n_tokens,
                      int32_t pos, float *logits, size_t logits_len,
                      int32_t logits_all);
