@@ -20,35 +20,24 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from tests.conftest import fetch_smollm2, test_cache_dir
+from tests.tiny_models import rewrite_gguf
 
 
 def requantize(src: Path, dst: Path, qtype: QT) -> Path:
     """Write src with every 2-D weight re-encoded as qtype (1-D tensors stay F32)."""
     if dst.exists():
         return dst
-    r = gguf.GGUFReader(src)
-    arch = str(r.fields["general.architecture"].contents())
     part = dst.with_suffix(".incomplete")
-    w = gguf.GGUFWriter(str(part), arch)
-    for f in r.fields.values():
-        if f.name.startswith("GGUF.") or f.name == "general.architecture":
-            continue
-        if f.name == "general.file_type":
-            w.add_file_type({QT.Q8_0: 7, QT.Q4_0: 2}[qtype])
-            continue
-        w.add_key_value(f.name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
-    for t in r.tensors:
+
+    def encode(t: gguf.ReaderTensor) -> tuple[np.ndarray, QT]:
         shape = tuple(int(d) for d in reversed(t.shape))
         values = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
         if len(shape) == 1:
-            w.add_tensor(t.name, values)
-        else:
-            q = gguf.quants.quantize(values, qtype)
-            w.add_tensor(t.name, q, raw_shape=q.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+            return values, QT.F32
+        return gguf.quants.quantize(values, qtype), qtype
+
+    file_type = {QT.Q8_0: 7, QT.Q4_0: 2}[qtype]  # llama.cpp's LLAMA_FTYPE_MOSTLY_* ids
+    rewrite_gguf(src, part, encode, kv={"general.file_type": file_type})
     part.replace(dst)
     return dst
 

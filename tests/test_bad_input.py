@@ -22,7 +22,7 @@ from lowbit.core.errors import (
 from lowbit.core.model import Model
 from lowbit.core.native import ffi, lib
 from lowbit.core.worker import Worker
-from tests.tiny_models import make_tiny_model
+from tests.tiny_models import make_tiny_model, rewrite_gguf
 
 
 @pytest.fixture()
@@ -81,22 +81,13 @@ def test_unknown_tensor_type(tiny) -> None:
 def test_unsupported_tensor_type(tmp_path: Path) -> None:
     # TQ2_0 is a valid GGML type that Lowbit does not run
     tm = make_tiny_model(tmp_path / "t.gguf", weight_type=QT.Q8_0)
-    w = gguf.GGUFWriter(str(tmp_path / "tq.gguf"), "llama")
-    r = gguf.GGUFReader(tm.path)
-    for field in r.fields.values():
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
-            continue
-        w.add_key_value(field.name, field.contents(), field.types[0], sub_type=field.types[-1])
-    for t in r.tensors:
-        if t.name == "blk.0.ffn_up.weight":
-            q = gguf.quants.quantize(np.zeros((t.shape[1], t.shape[0]), np.float32), QT.TQ2_0)
-            w.add_tensor(t.name, q, raw_shape=q.shape, raw_dtype=QT.TQ2_0)
-        else:
-            w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+
+    def to_tq2(t):
+        if t.name != "blk.0.ffn_up.weight":
+            return t.data, t.tensor_type
+        return gguf.quants.quantize(np.zeros((t.shape[1], t.shape[0]), np.float32), QT.TQ2_0), QT.TQ2_0
+
+    rewrite_gguf(tm.path, tmp_path / "tq.gguf", to_tq2)
     with pytest.raises(UnsupportedModelError, match="TQ2_0"):
         Model.load(tmp_path / "tq.gguf")
 
@@ -121,19 +112,11 @@ def test_missing_vocabulary(tmp_path: Path) -> None:
 
 def test_missing_tensor(tmp_path: Path) -> None:
     tm = make_tiny_model(tmp_path / "m.gguf")
-    src = gguf.GGUFReader(tm.path)
-    w = gguf.GGUFWriter(str(tmp_path / "cut.gguf"), "llama")
-    for field in src.fields.values():
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
-            continue
-        w.add_key_value(field.name, field.contents(), field.types[0], sub_type=field.types[-1])
-    for t in src.tensors:
-        if t.name != "blk.1.attn_v.weight":
-            w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    rewrite_gguf(
+        tm.path,
+        tmp_path / "cut.gguf",
+        lambda t: None if t.name == "blk.1.attn_v.weight" else (t.data, t.tensor_type),
+    )
     with pytest.raises(ModelFormatError, match=r"blk\.1\.attn_v"):
         Model.load(tmp_path / "cut.gguf")
 

@@ -7,6 +7,7 @@ weights a model holds are whatever ``gguf.quants.dequantize`` decodes them to.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,3 +229,34 @@ def make_tiny_model(
     w.write_tensors_to_file()
     w.close()
     return tm
+
+
+def rewrite_gguf(
+    src: Path,
+    dst: Path,
+    tensor_fn: Callable[[gguf.ReaderTensor], tuple[np.ndarray, QT] | None],
+    *,
+    kv: dict[str, object] | None = None,
+) -> None:
+    """Copy a GGUF file with every tensor passed through tensor_fn.
+
+    tensor_fn returns the data to write and its type (the data as stored: bytes
+    for block types, values for float types), or None to leave the tensor out.
+    kv replaces the values of existing metadata keys, keeping their types.
+    """
+    r = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(str(dst), str(r.fields["general.architecture"].contents()))
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        value = (kv or {}).get(f.name, f.contents())
+        w.add_key_value(f.name, value, f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
+    for t in r.tensors:
+        out = tensor_fn(t)
+        if out is not None:
+            data, qtype = out
+            w.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
