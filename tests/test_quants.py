@@ -2,7 +2,8 @@
 
 Decoding is checked bit for bit against gguf-py's reference (gguf.quants), the
 Q8_0/F16/BF16 encoders likewise, and every vec_dot kernel against float64 dot
-products. Run against another build with LOWBIT_NATIVE_PATH.
+products. The encoders of the other weight types, and lb_quantize_rows, are
+tested in test_quantize_types.py. Run against another build with LOWBIT_NATIVE_PATH.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 QUANT_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL]
 WEIGHT_TYPES = FLOAT_TYPES + QUANT_TYPES
 ACTIVATION_TYPES = [T.Q8_1, T.Q8_K]
+# the encoders tested here (the float types and the Q8 activation formats)
 ENCODER_TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q8_1, T.Q8_K]
 
 VEC_DOT_TYPE = {t: T.F32 for t in FLOAT_TYPES}
@@ -597,6 +599,7 @@ def test_unknown_type_is_refused_everywhere(bad_type):
     _raises(lib.lb_row_size(bad_type, 32, sz), msg)
     _raises(lib.lb_dequantize(bad_type, p, 128, p, 32), msg)
     _raises(lib.lb_quantize(bad_type, p, 32, p, 128), msg)
+    _raises(lib.lb_quantize_rows(bad_type, p, 1, 32, ffi.NULL, p, 128, 1), msg)
     _raises(lib.lb_vec_dot(bad_type, 32, 1, p, 128, p, p), msg)
 
 
@@ -613,6 +616,7 @@ def test_bad_element_counts(t):
     for n in (block + 1, block * 4 - 2):
         _raises(lib.lb_row_size(t, n, sz), f"n = {n} is not a multiple of the {t.name} block size {block}")
         _raises(lib.lb_dequantize(t, ps, src.nbytes, pd, n), "not a multiple")
+        _raises(lib.lb_quantize(t, px, n, ps, src.nbytes), "not a multiple")
         _raises(lib.lb_vec_dot(t, n, 1, ps, src.nbytes, px, po), "not a multiple")
     for n in (0, -block):
         _raises(lib.lb_row_size(t, n, sz), "must be positive")
@@ -686,8 +690,10 @@ def test_unsupported_requests_are_not_invalid_arguments():
     px = ffi.from_buffer("float[]", x)
     dst = np.zeros(64, np.uint8)
     out = np.zeros(1, np.float32)
-    with pytest.raises(NativeError, match="Q4_0 has no encoder") as info:
-        check(lib.lb_quantize(T.Q4_0, px, 32, ffi.from_buffer(dst), 18))
+    # every type has an encoder now; lb_quantize_rows encodes weight types only
+    check(lib.lb_quantize(T.Q4_0, px, 32, ffi.from_buffer(dst), 18))
+    with pytest.raises(NativeError, match="Q8_1 is an activation format") as info:
+        check(lib.lb_quantize_rows(T.Q8_1, px, 1, 32, ffi.NULL, ffi.from_buffer(dst), 36, 1))
     assert info.value.status == LB_ERR_UNSUPPORTED
     with pytest.raises(NativeError, match="Q8_K is an activation format") as info:
         check(lib.lb_vec_dot(T.Q8_K, 256, 1, ffi.from_buffer(dst), 292, px, ffi.from_buffer("float[]", out)))

@@ -72,8 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--out", required=True, type=Path, help="output .npy, float32 [tokens, vocab]")
     lg.add_argument("--tokens-out", type=Path, default=None, help="write the token ids as JSON")
 
+    q = sub.add_parser("quantize", help="quantize a full-precision model to GGUF")
+    q.add_argument("src", help="Hugging Face model folder, or an F32/F16/BF16 GGUF")
+    q.add_argument("--type", required=True, dest="preset", help="preset: " + ", ".join(_presets()))
+    q.add_argument("--method", choices=["rtn", "imatrix"], default="rtn", help="default: rtn")
+    q.add_argument("--calibration", type=Path, default=None, help="calibration text (default: built-in)")
+    q.add_argument("--budget", default=None, help="size budget for mixed precision, e.g. 90MiB or 4.5bpw")
+    q.add_argument("-o", "--output", required=True, type=Path, help="the GGUF file to write")
+    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--force", action="store_true", help="replace the output if it exists")
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    cv = sub.add_parser("convert", help="convert between Hugging Face folders and GGUF")
+    cv.add_argument("src", help="Hugging Face folder (to GGUF) or GGUF file (with --to-hf)")
+    cv.add_argument("--to-hf", type=Path, default=None, metavar="DIR", help="write a Hugging Face folder")
+    cv.add_argument("--dtype", choices=["bf16", "f16", "f32"], default=None, help="weight type written")
+    cv.add_argument("-o", "--output", type=Path, default=None, help="the GGUF file to write")
+
+    from .cli_eval import add_eval_parser
+
+    add_eval_parser(sub)
     sub.add_parser("app", help="start the desktop app")
     return parser
+
+
+def _presets() -> list[str]:
+    from .quantize import PRESETS
+
+    return list(PRESETS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,6 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_chat(args)
         if args.command == "logits":
             return cmd_logits(args)
+        if args.command == "quantize":
+            return cmd_quantize(args)
+        if args.command == "convert":
+            return cmd_convert(args)
+        if args.command == "eval":
+            from .cli_eval import cmd_eval
+
+            return cmd_eval(args)
     except LowbitError as e:
         print(f"lowbit: {e}", file=sys.stderr)
         return 1
@@ -281,3 +315,87 @@ def cmd_logits(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _interruptible(fn: Any) -> int:
+    """Run a long job with a progress bar; Ctrl-C cancels it cleanly (no partial output)."""
+    from .engine import CancelToken
+    from .errors import CancelledError
+    from .progress_bar import ProgressBar
+
+    bar = ProgressBar()
+    cancel = CancelToken()
+    try:
+        result = fn(bar, cancel)
+    except KeyboardInterrupt:
+        bar.close()
+        print("lowbit: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    except CancelledError:
+        bar.close()
+        print("lowbit: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    bar.close()
+    return result
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import quantize_model
+
+    def run(bar: Any, cancel: Any) -> int:
+        r = quantize_model(
+            args.src,
+            args.output,
+            preset=args.preset,
+            method=args.method,
+            calibration=args.calibration,
+            budget=args.budget,
+            n_threads=args.threads,
+            progress=bar,
+            cancel=cancel,
+            overwrite=args.force,
+        )
+        info = {
+            "file": str(r.path),
+            "preset": r.preset,
+            "method": r.method,
+            "size_mib": round(r.file_bytes / 2**20, 3),
+            "bpw": round(r.bpw, 4),
+            "types": r.type_counts,
+            "seconds": round(r.seconds, 3),
+            "calibration_tokens": r.calibration_tokens,
+        }
+        if args.json:
+            print(json.dumps(info))
+        else:
+            types = ", ".join(f"{k} x{v}" for k, v in sorted(r.type_counts.items()))
+            size = f"{info['size_mib']:.1f} MiB, {r.bpw:.2f} bits/weight"
+            print(f"wrote {r.path} ({size}) in {r.seconds:.1f} s")
+            print(f"tensor types: {types}")
+        return 0
+
+    return _interruptible(run)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    if args.to_hf is not None:
+        from .convert import gguf_to_hf
+
+        def run(bar: Any, cancel: Any) -> int:
+            out = gguf_to_hf(args.src, args.to_hf, dtype=args.dtype or "bf16", progress=bar, cancel=cancel)
+            print(f"wrote {out}")
+            return 0
+
+        return _interruptible(run)
+    if args.output is None:
+        print("lowbit convert: give -o OUT.gguf (to GGUF) or --to-hf DIR", file=sys.stderr)
+        return 2
+    from .quantize import quantize_model
+
+    def run_gguf(bar: Any, cancel: Any) -> int:
+        preset = (args.dtype or "f16").upper()
+        r = quantize_model(args.src, args.output, preset=preset, progress=bar, cancel=cancel)
+        print(f"wrote {r.path} ({r.file_bytes / 2**20:.1f} MiB, {preset})")
+        return 0
+
+    return _interruptible(run_gguf)

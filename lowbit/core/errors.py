@@ -54,3 +54,19 @@ class ContextFullError(LowbitError):
         super().__init__(message)
         self.needed = needed
         self.n_ctx = n_ctx
+
+
+class UnsafeCheckpointError(LowbitError, ValueError):
+    """Weights stored in a format that can run code when loaded (pickle checkpoints)."""
+
+
+class QuantizeError(LowbitError, ValueError):
+    """A quantization request that cannot be carried out (unknown preset, budget too small...)."""
+
+
+class DiskFullError(LowbitError, OSError):
+    """Not enough free disk space for the output."""
+
+
+class EvaluationError(LowbitError, ValueError):
+    """An accuracy evaluation cannot run: text too short, mismatched vocabularies, bad settings..."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,9 @@ class GGUFFile:
     version: int
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
+    # GGUF value type ids of each metadata key (element type last for arrays), so
+    # that the metadata can be written back with the same types.
+    value_types: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -174,4 +177,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
             )
         tensors[name] = TensorInfo(name, type_id, shape, offset, nbytes, data)
 
-    return GGUFFile(path=p, size=size, version=version, metadata=metadata, tensors=tensors)
+    value_types = {k: tuple(int(t) for t in f.types) for k, f in reader.fields.items()}
+    return GGUFFile(
+        path=p, size=size, version=version, metadata=metadata, tensors=tensors, value_types=value_types
+    )

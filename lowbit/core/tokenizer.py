@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, Regex, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 
 from lowbit.core.errors import TokenizerError
 
@@ -375,6 +375,43 @@ class Tokenizer:
             add_bos=add_bos,
             chat_template=_config_template(config.get("chat_template")),
         )
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        """The underlying ``tokenizers.Tokenizer`` (do not change its settings)."""
+        return self._backend
+
+    @property
+    def tokens(self) -> list[str]:
+        """Vocabulary entry of every id (a copy)."""
+        return list(self._tokens)
+
+    @property
+    def token_types(self) -> list[int]:
+        """GGUF token type of every id (a copy)."""
+        return list(self._types)
+
+    @property
+    def strip_leading_space(self) -> bool:
+        """Whether decoding drops SentencePiece's dummy-prefix space."""
+        return self._strip_leading_space
+
+    def save_hf(self, path: str | Path) -> None:
+        """Write the tokenizer as a Hugging Face ``tokenizer.json``.
+
+        A tokenizer built from GGUF metadata decodes through its own byte table, so a
+        decoder that gives the same text is attached to the saved copy.
+        """
+        backend = tokenizers.Tokenizer.from_str(self._backend.to_str())
+        if backend.decoder is None:
+            if backend.normalizer is not None:  # SentencePiece: "▁" is a space, <0xNN> a byte
+                steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+                if self._strip_leading_space:
+                    steps.append(decoders.Strip(" ", 1, 0))
+                backend.decoder = decoders.Sequence(steps)
+            else:
+                backend.decoder = decoders.ByteLevel()
+        backend.save(str(path))
 
     # ----------------------------------------------------------------- queries
 

@@ -276,6 +276,18 @@ class Worker:
 
         return self.submit("generate", run, **on)
 
+    def evaluate(self, reference: str | Path, candidates: Sequence[str | Path], **options: Any) -> Job[Any]:
+        """Compare candidates with a reference; options and result (an EvalReport) as in
+        :func:`lowbit.core.evaluate.evaluate`. Runs its own models, not the loaded one."""
+        from .evaluate import evaluate
+
+        on = _pop_callbacks(options)
+        return self.submit(
+            "evaluate",
+            lambda ctx: evaluate(reference, candidates, progress=ctx.progress, cancel=ctx.cancel, **options),
+            **on,
+        )
+
 
 def _pop_callbacks(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw.pop(k) for k in ("on_progress", "on_event", "on_done", "on_error") if k in kw}

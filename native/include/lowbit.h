@@ -79,11 +79,33 @@ lb_status lb_row_size(int32_t type, int64_t n, size_t *out_bytes);
 lb_status lb_dequantize(int32_t type, const void *src, size_t src_size,
                         float *dst, int64_t n);
 
-/* Encode n float32 values into blocks of `type`, with the library's reference
- * (round-to-nearest) rounding. Only types that have an encoder: F32, F16, BF16,
- * Q8_0, Q8_1, Q8_K. */
+/* Encode n float32 values into blocks of `type` with the reference encoder,
+ * i.e. without importance, on the calling thread. Every type has one: F32, F16
+ * and BF16 round each value to nearest even (overflow gives inf, NaN stays
+ * NaN); Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 write the same bytes as gguf-py's
+ * quantize() (GGML's reference encoders); Q2_K..Q6_K and IQ4_NL search the
+ * block scales for the least squared error; Q8_1 and Q8_K are the activation
+ * formats of lb_vec_dot. The quantized types refuse non-finite values and
+ * blocks whose fp16 scale would overflow. */
 lb_status lb_quantize(int32_t type, const float *src, int64_t n,
                       void *dst, size_t dst_size);
+
+/* Encode nrows rows of n_per_row float32 values (row-major, src) into blocks
+ * of the weight type `type`, written row after row to dst (dst_size bytes,
+ * nrows times the lb_row_size of a row). importance: NULL, or n_per_row
+ * finite non-negative weights, one per column (e.g. the mean squared
+ * activation that multiplies that column); with it each block of the
+ * quantized types keeps, of the reference encoding and a search for the
+ * scales (and mins) that minimise sum(importance * (x - decoded)^2), the one
+ * with the smaller weighted error (a block whose weights are all 0 keeps the
+ * reference encoding); F32, F16 and BF16 ignore it. Without importance the
+ * bytes are those of lb_quantize. The rows are shared out over n_threads
+ * threads (1..1024); the result does not depend on it. Refuses non-finite
+ * values in src, and values whose encoding would be infinite (an fp16 scale,
+ * or an F16/BF16 value, beyond its range); dst is then unspecified. */
+lb_status lb_quantize_rows(int32_t type, const float *src, int64_t nrows, int64_t n_per_row,
+                           const float *importance, void *dst, size_t dst_size,
+                           int32_t n_threads);
 
 /* Dot products of `rows` weight rows (w, w_size bytes, each n elements of
  * `type`) with the float32 vector x (n elements), the way the forward pass

@@ -105,6 +105,8 @@ static inline uint16_t lb_fp32_to_bf16(float f) {
 typedef void (*lb_to_float_fn)(const void *src, float *dst, int64_t n);
 /* Encode n floats (n a multiple of the block size). */
 typedef void (*lb_from_float_fn)(const float *src, void *dst, int64_t n);
+/* Encode n floats with importance weights imp (n of them, finite, >= 0). */
+typedef void (*lb_quantize_imp_fn)(const float *src, void *dst, int64_t n, const float *imp);
 /* *s = dot(w, a) over n elements; w is a row of the weight type, a a row of
  * that type's vec_dot_type. */
 typedef void (*lb_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
@@ -115,7 +117,9 @@ typedef struct lb_type_traits {
     size_t type_size;           /* bytes per block */
     int is_weight;              /* usable as a model weight */
     lb_to_float_fn to_float;    /* NULL for activation-only types without a decoder */
-    lb_from_float_fn from_float;/* NULL where there is no encoder */
+    lb_from_float_fn from_float;/* reference encoder (no importance); NULL where there is none */
+    lb_quantize_imp_fn quantize_imp; /* importance-weighted encoder; NULL where importance
+                                        cannot change the encoding (F32, F16, BF16) */
     int32_t vec_dot_type;       /* activation format for vec_dot */
     lb_vec_dot_fn vec_dot;      /* NULL for activation-only types */
 } lb_type_traits;
@@ -126,5 +130,42 @@ const lb_type_traits *lb_get_type_traits(int32_t type);
 /* Row size in bytes, or 0 if the type is unknown or n is not a whole number
  * of blocks. */
 size_t lb_row_bytes(int32_t type, int64_t n);
+
+/* ---- encoders (quants.c: q8_0, quantize.c: the others) ----------------------- */
+
+void lb_quantize_row_q8_0_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q4_0_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q4_1_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q5_0_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q5_1_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_iq4_nl_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q2_K_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q3_K_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q4_K_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q5_K_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q6_K_ref(const float *src, void *dst, int64_t n);
+
+void lb_quantize_row_q8_0_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_q4_0_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_q4_1_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_q5_0_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_q5_1_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_iq4_nl_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_q2_K_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_q3_K_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_q4_K_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_q5_K_imp(const float *src, void *dst, int64_t n, const float *imp);
+void lb_quantize_row_q6_K_imp(const float *src, void *dst, int64_t n, const float *imp);
+
+/* Most threads lb_quantize_rows accepts. */
+#define LB_MAX_THREADS 1024
+
+/* Encode nrows rows of n floats (n a whole number of blocks, row_bytes the
+ * encoded size of a row, all already checked by the caller) on n_threads
+ * threads, with importance imp (NULL or n checked weights). Refuses rows with
+ * non-finite values and encodings whose fp16 fields would be infinite; fn
+ * names the public function in messages. dst is unspecified on failure. */
+lb_status lb_encode_rows(const char *fn, int32_t type, const float *src, int64_t nrows, int64_t n,
+                         size_t row_bytes, const float *imp, void *dst, int n_threads);
 
 #endif /* LB_INTERNAL_H */

@@ -1,6 +1,7 @@
 /*
- * Tensor types: the traits table, the scalar dequantizers and reference
- * encoders, and the public type functions of lowbit.h.
+ * Tensor types: the traits table, the scalar dequantizers, the float and Q8
+ * encoders, and the public type functions of lowbit.h. The encoders of the
+ * other weight types are in quantize.c.
  *
  * Decoding matches the gguf Python package (gguf.quants.dequantize) bit for
  * bit: each dequantizer does the same float32 operations in the same order,
@@ -317,7 +318,7 @@ static float lb_block_absmax(const float *x, int len) {
 /* d = max|x| / 127 so that the largest element maps to +-127. A block with
  * max|x| above about 8.3e6 gets an infinite fp16 d (as in GGML and gguf-py);
  * lb_quantize refuses such input, and real activations stay far below. */
-static void lb_quantize_row_q8_0_ref(const float *src, void *dst, int64_t n) {
+void lb_quantize_row_q8_0_ref(const float *src, void *dst, int64_t n) {
     lb_block_q8_0 *y = dst;
     const int64_t nb = n / LB_QK8_0;
     for (int64_t b = 0; b < nb; b++) {
@@ -402,44 +403,54 @@ static const lb_type_traits lb_traits[LB_TYPE_BF16 + 1] = {
                       .to_float = lb_dequantize_row_bf16, .from_float = lb_quantize_row_bf16_ref,
                       .vec_dot_type = LB_TYPE_F32, .vec_dot = lb_vec_dot_bf16_f32},
     [LB_TYPE_Q4_0] = {.name = "Q4_0", .blck_size = LB_QK4_0, .type_size = sizeof(lb_block_q4_0),
-                      .is_weight = 1, .to_float = lb_dequantize_row_q4_0, .from_float = NULL,
+                      .is_weight = 1, .to_float = lb_dequantize_row_q4_0,
+                      .from_float = lb_quantize_row_q4_0_ref, .quantize_imp = lb_quantize_row_q4_0_imp,
                       .vec_dot_type = LB_TYPE_Q8_0, .vec_dot = lb_vec_dot_q4_0_q8_0},
     [LB_TYPE_Q4_1] = {.name = "Q4_1", .blck_size = LB_QK4_1, .type_size = sizeof(lb_block_q4_1),
-                      .is_weight = 1, .to_float = lb_dequantize_row_q4_1, .from_float = NULL,
+                      .is_weight = 1, .to_float = lb_dequantize_row_q4_1,
+                      .from_float = lb_quantize_row_q4_1_ref, .quantize_imp = lb_quantize_row_q4_1_imp,
                       .vec_dot_type = LB_TYPE_Q8_1, .vec_dot = lb_vec_dot_q4_1_q8_1},
     [LB_TYPE_Q5_0] = {.name = "Q5_0", .blck_size = LB_QK5_0, .type_size = sizeof(lb_block_q5_0),
-                      .is_weight = 1, .to_float = lb_dequantize_row_q5_0, .from_float = NULL,
+                      .is_weight = 1, .to_float = lb_dequantize_row_q5_0,
+                      .from_float = lb_quantize_row_q5_0_ref, .quantize_imp = lb_quantize_row_q5_0_imp,
                       .vec_dot_type = LB_TYPE_Q8_0, .vec_dot = lb_vec_dot_q5_0_q8_0},
     [LB_TYPE_Q5_1] = {.name = "Q5_1", .blck_size = LB_QK5_1, .type_size = sizeof(lb_block_q5_1),
-                      .is_weight = 1, .to_float = lb_dequantize_row_q5_1, .from_float = NULL,
+                      .is_weight = 1, .to_float = lb_dequantize_row_q5_1,
+                      .from_float = lb_quantize_row_q5_1_ref, .quantize_imp = lb_quantize_row_q5_1_imp,
                       .vec_dot_type = LB_TYPE_Q8_1, .vec_dot = lb_vec_dot_q5_1_q8_1},
     [LB_TYPE_Q8_0] = {.name = "Q8_0", .blck_size = LB_QK8_0, .type_size = sizeof(lb_block_q8_0),
                       .is_weight = 1, .to_float = lb_dequantize_row_q8_0,
-                      .from_float = lb_quantize_row_q8_0_ref, .vec_dot_type = LB_TYPE_Q8_0,
-                      .vec_dot = lb_vec_dot_q8_0_q8_0},
+                      .from_float = lb_quantize_row_q8_0_ref, .quantize_imp = lb_quantize_row_q8_0_imp,
+                      .vec_dot_type = LB_TYPE_Q8_0, .vec_dot = lb_vec_dot_q8_0_q8_0},
     [LB_TYPE_Q8_1] = {.name = "Q8_1", .blck_size = LB_QK8_1, .type_size = sizeof(lb_block_q8_1),
                       .is_weight = 0, .to_float = lb_dequantize_row_q8_1,
                       .from_float = lb_quantize_row_q8_1_ref, .vec_dot_type = LB_TYPE_Q8_1, .vec_dot = NULL},
     [LB_TYPE_Q2_K] = {.name = "Q2_K", .blck_size = LB_QK_K, .type_size = sizeof(lb_block_q2_K),
-                      .is_weight = 1, .to_float = lb_dequantize_row_q2_K, .from_float = NULL,
+                      .is_weight = 1, .to_float = lb_dequantize_row_q2_K,
+                      .from_float = lb_quantize_row_q2_K_ref, .quantize_imp = lb_quantize_row_q2_K_imp,
                       .vec_dot_type = LB_TYPE_Q8_K, .vec_dot = lb_vec_dot_q2_K_q8_K},
     [LB_TYPE_Q3_K] = {.name = "Q3_K", .blck_size = LB_QK_K, .type_size = sizeof(lb_block_q3_K),
-                      .is_weight = 1, .to_float = lb_dequantize_row_q3_K, .from_float = NULL,
+                      .is_weight = 1, .to_float = lb_dequantize_row_q3_K,
+                      .from_float = lb_quantize_row_q3_K_ref, .quantize_imp = lb_quantize_row_q3_K_imp,
                       .vec_dot_type = LB_TYPE_Q8_K, .vec_dot = lb_vec_dot_q3_K_q8_K},
     [LB_TYPE_Q4_K] = {.name = "Q4_K", .blck_size = LB_QK_K, .type_size = sizeof(lb_block_q4_K),
-                      .is_weight = 1, .to_float = lb_dequantize_row_q4_K, .from_float = NULL,
+                      .is_weight = 1, .to_float = lb_dequantize_row_q4_K,
+                      .from_float = lb_quantize_row_q4_K_ref, .quantize_imp = lb_quantize_row_q4_K_imp,
                       .vec_dot_type = LB_TYPE_Q8_K, .vec_dot = lb_vec_dot_q4_K_q8_K},
     [LB_TYPE_Q5_K] = {.name = "Q5_K", .blck_size = LB_QK_K, .type_size = sizeof(lb_block_q5_K),
-                      .is_weight = 1, .to_float = lb_dequantize_row_q5_K, .from_float = NULL,
+                      .is_weight = 1, .to_float = lb_dequantize_row_q5_K,
+                      .from_float = lb_quantize_row_q5_K_ref, .quantize_imp = lb_quantize_row_q5_K_imp,
                       .vec_dot_type = LB_TYPE_Q8_K, .vec_dot = lb_vec_dot_q5_K_q8_K},
     [LB_TYPE_Q6_K] = {.name = "Q6_K", .blck_size = LB_QK_K, .type_size = sizeof(lb_block_q6_K),
-                      .is_weight = 1, .to_float = lb_dequantize_row_q6_K, .from_float = NULL,
+                      .is_weight = 1, .to_float = lb_dequantize_row_q6_K,
+                      .from_float = lb_quantize_row_q6_K_ref, .quantize_imp = lb_quantize_row_q6_K_imp,
                       .vec_dot_type = LB_TYPE_Q8_K, .vec_dot = lb_vec_dot_q6_K_q8_K},
     [LB_TYPE_Q8_K] = {.name = "Q8_K", .blck_size = LB_QK_K, .type_size = sizeof(lb_block_q8_K),
                       .is_weight = 0, .to_float = lb_dequantize_row_q8_K,
                       .from_float = lb_quantize_row_q8_K_ref, .vec_dot_type = LB_TYPE_Q8_K, .vec_dot = NULL},
     [LB_TYPE_IQ4_NL] = {.name = "IQ4_NL", .blck_size = LB_QK4_NL, .type_size = sizeof(lb_block_iq4_nl),
-                        .is_weight = 1, .to_float = lb_dequantize_row_iq4_nl, .from_float = NULL,
+                        .is_weight = 1, .to_float = lb_dequantize_row_iq4_nl,
+                        .from_float = lb_quantize_row_iq4_nl_ref, .quantize_imp = lb_quantize_row_iq4_nl_imp,
                         .vec_dot_type = LB_TYPE_Q8_0, .vec_dot = lb_vec_dot_iq4_nl_q8_0},
 };
 
@@ -621,6 +632,23 @@ lb_status lb_dequantize(int32_t type, const void *src, size_t src_size, float *d
     return LB_OK;
 }
 
+/* F32, F16, BF16 and the Q8 activation formats keep their long-standing
+ * behaviour here (IEEE rounding of the float types, the Q8 range checks before
+ * anything is written); the other weight types go through the row encoder. */
+static int lb_is_direct_encoder(int32_t type) {
+    switch (type) {
+    case LB_TYPE_F32:
+    case LB_TYPE_F16:
+    case LB_TYPE_BF16:
+    case LB_TYPE_Q8_0:
+    case LB_TYPE_Q8_1:
+    case LB_TYPE_Q8_K:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 lb_status lb_quantize(int32_t type, const float *src, int64_t n, void *dst, size_t dst_size) {
     static const char fn[] = "lb_quantize";
     const lb_type_traits *t;
@@ -630,18 +658,69 @@ lb_status lb_quantize(int32_t type, const float *src, int64_t n, void *dst, size
         return st;
     }
     if (t->from_float == NULL) {
-        return lb_fail(LB_ERR_UNSUPPORTED, "%s: type %s has no encoder (only F32, F16, BF16, Q8_0, Q8_1, Q8_K)",
-                       fn, t->name);
+        return lb_fail(LB_ERR_UNSUPPORTED, "%s: type %s has no encoder", fn, t->name);
     }
     if ((st = lb_check_not_null(fn, src, "src")) || (st = lb_check_not_null(fn, dst, "dst")) ||
         (st = lb_check_row(fn, t, n, &bytes)) || (st = lb_check_size(fn, "dst_size", dst_size, bytes, n, t)) ||
         (st = lb_check_align(fn, src, _Alignof(float), "src")) ||
-        (st = lb_check_align(fn, dst, lb_type_align(type), "dst")) ||
-        (st = lb_check_encodable(fn, type, src, n))) {
+        (st = lb_check_align(fn, dst, lb_type_align(type), "dst"))) {
+        return st;
+    }
+    if (!lb_is_direct_encoder(type)) {
+        return lb_encode_rows(fn, type, src, 1, n, bytes, NULL, dst, 1);
+    }
+    if ((st = lb_check_encodable(fn, type, src, n))) {
         return st;
     }
     t->from_float(src, dst, n);
     return LB_OK;
+}
+
+lb_status lb_quantize_rows(int32_t type, const float *src, int64_t nrows, int64_t n_per_row,
+                           const float *importance, void *dst, size_t dst_size, int32_t n_threads) {
+    static const char fn[] = "lb_quantize_rows";
+    const lb_type_traits *t;
+    size_t row = 0;
+    lb_status st;
+    if ((st = lb_check_type(fn, type, &t))) {
+        return st;
+    }
+    if (!t->is_weight || t->from_float == NULL) {
+        return lb_fail(LB_ERR_UNSUPPORTED, "%s: %s is an activation format, not a weight type (see lb_quantize)", fn,
+                       t->name);
+    }
+    if ((st = lb_check_not_null(fn, src, "src")) || (st = lb_check_not_null(fn, dst, "dst")) ||
+        (st = lb_check_row(fn, t, n_per_row, &row))) {
+        return st;
+    }
+    if (nrows <= 0) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: nrows = %lld, must be positive", fn, (long long)nrows);
+    }
+    if ((uint64_t)nrows > SIZE_MAX / row || (uint64_t)nrows > SIZE_MAX / sizeof(float) / (uint64_t)n_per_row) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: %lld rows of n_per_row = %lld %s elements overflow size_t", fn,
+                       (long long)nrows, (long long)n_per_row, t->name);
+    }
+    if (dst_size != row * (size_t)nrows) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT,
+                       "%s: dst_size is %zu bytes, but %lld rows of %lld %s elements take %zu bytes", fn, dst_size,
+                       (long long)nrows, (long long)n_per_row, t->name, row * (size_t)nrows);
+    }
+    if (n_threads < 1 || n_threads > LB_MAX_THREADS) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: n_threads = %d, must be in 1..%d", fn, (int)n_threads,
+                       LB_MAX_THREADS);
+    }
+    if ((st = lb_check_align(fn, src, _Alignof(float), "src")) ||
+        (st = lb_check_align(fn, dst, lb_type_align(type), "dst")) ||
+        (importance != NULL && (st = lb_check_align(fn, importance, _Alignof(float), "importance")))) {
+        return st;
+    }
+    for (int64_t i = 0; importance != NULL && i < n_per_row; i++) {
+        if (!isfinite(importance[i]) || importance[i] < 0.0f) {
+            return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: importance[%lld] = %g, must be finite and >= 0", fn,
+                           (long long)i, (double)importance[i]);
+        }
+    }
+    return lb_encode_rows(fn, type, src, nrows, n_per_row, row, importance, dst, n_threads);
 }
 
 lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w, size_t w_size, const float *x,
