@@ -327,11 +327,7 @@ def _interruptible(fn: Any) -> int:
     cancel = CancelToken()
     try:
         result = fn(bar, cancel)
-    except KeyboardInterrupt:
-        bar.close()
-        print("lowbit: cancelled; nothing was written", file=sys.stderr)
-        return 130
-    except CancelledError:
+    except (KeyboardInterrupt, CancelledError):
         bar.close()
         print("lowbit: cancelled; nothing was written", file=sys.stderr)
         return 130

@@ -36,7 +36,7 @@ from .errors import (
     UnsafeCheckpointError,
     UnsupportedModelError,
 )
-from .safetensors_io import SafeTensorsFile, write_safetensors
+from .safetensors_io import SafeTensorsFile, to_float32, write_safetensors
 
 HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 GGUF_TO_HF_ARCH = {v: k for k, v in HF_ARCHITECTURES.items()}
@@ -203,12 +203,12 @@ def _open_gguf(p: Path) -> SourceModel:
 
 
 def _gguf_loader(data: np.ndarray, type_id: int, shape: tuple[int, ...]) -> Any:
+    dtype = FLOAT_GGUF_TYPES[type_id]
+
     def load() -> np.ndarray:
-        if type_id == 0:
-            return np.array(data.view(np.float32).reshape(shape))
-        if type_id == 1:
-            return data.view(np.float16).astype(np.float32).reshape(shape)
-        return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        words = data.view(np.float32 if dtype == "F32" else np.float16 if dtype == "F16" else np.uint16)
+        w = to_float32(words, dtype)  # a view of the file for F32: copy it
+        return (w.copy() if dtype == "F32" else w).reshape(shape)
 
     return load
 

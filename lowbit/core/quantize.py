@@ -32,6 +32,7 @@ from gguf import GGMLQuantizationType as QT
 
 from .convert import KV, SourceModel, SourceTensor, open_source
 from .errors import DiskFullError, QuantizeError
+from .quants import row_bytes
 
 ProgressFn = Callable[[str, float, "float | None", str], None]
 
@@ -156,13 +157,6 @@ def fallback_type(qtype: QT, n_in: int) -> QT:
     if qtype in _K_TYPES and n_in % SUPER_BLOCK:
         return _FALLBACK[qtype]
     return qtype
-
-
-def row_bytes(qtype: QT, n: int) -> int:
-    import gguf
-
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    return n // block * size
 
 
 def tensor_bytes(qtype: QT, shape: tuple[int, ...]) -> int:
