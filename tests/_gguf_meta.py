@@ -11,7 +11,7 @@ from typing import Any
 import gguf
 import pytest
 
-from lowbit.core.gguf_meta import read_metadata
+from tests.gguf_reference import read_metadata
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from lowbit.core.convert import gguf_to_hf
+from lowbit.core.evaluate import EvalSettings, chunk_tokens, evaluate, load_text
 from lowbit.core.gguf_file import open_gguf
 from lowbit.core.model import Model
 from lowbit.core.quantize import QUANT_PRESETS, quantize_model
@@ -91,3 +92,31 @@ def test_converted_f32_source_runs_in_llama_cpp(sources):
         mine = m.forward(tokens, 0, logits_all=True)
     assert _kld(peer, mine).max() < 1e-4
     assert Path(f32).exists()
+
+
+def _ppl_from_logits(path: Path, chunks: np.ndarray) -> float:
+    """Perplexity as llama.cpp's --kl-divergence mode scores it, from llama.cpp's own logits."""
+    nll = []
+    first = chunks.shape[1] // 2
+    for chunk in chunks:
+        x = llama_peer.logits(path, chunk.tolist()).astype(np.float64)
+        lp = x - x.max(axis=-1, keepdims=True)
+        lp -= np.log(np.exp(lp).sum(axis=-1, keepdims=True))
+        # position i predicts token i + 1; positions first..n-2 are scored
+        pos = np.arange(first, len(chunk) - 1)
+        nll.append(-lp[pos, chunk[pos + 1]])
+    return float(np.exp(np.concatenate(nll).mean()))
+
+
+def test_perplexity_matches_llama_cpp(sources, smollm2_gguf, tmp_path):
+    _, _, f32 = sources
+    settings = EvalSettings(n_ctx=256, n_chunks=3, spread=True)
+    rep = evaluate(f32, [smollm2_gguf], settings=settings, n_threads=2, cache_dir=tmp_path)
+    # the chunks exactly as the evaluator cuts them, rebuilt here from its documented rule
+    tok = Tokenizer.from_gguf_metadata(open_gguf(f32).metadata)
+    ids = tok.encode(load_text().text, parse_special=False)
+    chunks = chunk_tokens(ids, n_ctx=256, n_chunks=3, bos_id=tok.bos_id if tok.add_bos else None, spread=True)
+    c = rep.candidates[0]
+    assert c.n_tokens == chunks.shape[0] * (chunks.shape[1] - 1 - chunks.shape[1] // 2)
+    assert c.ppl == pytest.approx(_ppl_from_logits(smollm2_gguf, chunks), rel=0.01)
+    assert c.ppl_ref == pytest.approx(_ppl_from_logits(f32, chunks), rel=0.01)

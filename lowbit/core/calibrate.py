@@ -5,7 +5,10 @@ one layer at a time over every chunk of the text, so memory holds only the
 hidden states (tokens x width) and one layer's weights. For each weight matrix
 the mean square of every input channel is accumulated: the importance vector
 that weights the quantization error of that column (the diagonal of the
-Hessian ``X^T X / n`` that GPTQ uses in full).
+Hessian ``X^T X / n``). GPTQ uses that Hessian in full: on request the Gram
+matrix of every input is accumulated too, one per input (shared by the matrices
+it feeds), and yielded a layer at a time so that only one layer's matrices are
+held.
 """
 
 from __future__ import annotations
@@ -192,17 +195,46 @@ def mean_square(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->j", x, x, dtype=np.float64).astype(np.float32) / max(1, x.shape[0])
 
 
-def collect_importance(
+@dataclass(frozen=True)
+class InputStats:
+    """Second moments of one matrix input over the calibration tokens.
+
+    ``mean_square`` is the importance vector (n,) float32; ``gram`` is the Hessian
+    ``X^T X / n`` (n, n) float64 when it was asked for, else None.
+    """
+
+    mean_square: np.ndarray
+    gram: np.ndarray | None = None
+
+
+def gram_matrix(x: np.ndarray, *, chunk: int = CALIBRATION_CTX) -> np.ndarray:
+    """``X^T X / n`` in float64: float32 products over chunks of rows (fast, and
+    exact enough over a few hundred rows), summed in float64 so that long texts
+    lose nothing."""
+    n = x.shape[1]
+    acc = np.zeros((n, n), dtype=np.float64)
+    for i in range(0, x.shape[0], chunk):
+        part = x[i : i + chunk]
+        acc += part.T @ part
+    acc /= max(1, x.shape[0])
+    return acc
+
+
+def collect_statistics(
     source: SourceModel,
     tokens: list[int],
     *,
+    gram: bool = False,
     progress: Callable[[str, float, float | None, str], None] | None = None,
     cancel: object | None = None,
-) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (tensor name, importance vector) for every weight matrix of the source.
+) -> Iterator[tuple[str, InputStats]]:
+    """Yield (tensor name, input statistics) for every weight matrix of the source.
 
-    Runs the full-precision model over the calibration tokens layer by layer. The
-    output matrix (or the tied token embeddings) comes last.
+    Runs the full-precision model over the calibration tokens layer by layer; the
+    matrices of a layer come together, in layer order, and matrices that share an
+    input share one ``InputStats``. The output matrix (or the tied token
+    embeddings) comes last and never has a Gram matrix. With ``gram`` the Gram
+    matrix of every layer input is computed as well.
     """
     runner = CalibrationRunner(source, tokens)
     for i in range(source.n_layer):
@@ -216,9 +248,29 @@ def collect_importance(
             return source.load(name) if name in source.tensors else None
 
         inputs = runner.layer(i, weights)
+        stats: dict[str, InputStats] = {}
+        for which in dict.fromkeys(INPUT_OF.values()):
+            x = getattr(inputs, which)
+            stats[which] = InputStats(mean_square(x), gram_matrix(x) if gram else None)
         for kind, which in INPUT_OF.items():
-            yield f"blk.{i}.{kind}", mean_square(getattr(inputs, which))
-    final = mean_square(runner.final_input())
+            yield f"blk.{i}.{kind}", stats[which]
+    final = InputStats(mean_square(runner.final_input()))
     yield ("output.weight" if "output.weight" in source.tensors else "token_embd.weight"), final
     if progress is not None:
         progress("calibrate", source.n_layer + 1, source.n_layer + 1, "done")
+
+
+def collect_importance(
+    source: SourceModel,
+    tokens: list[int],
+    *,
+    progress: Callable[[str, float, float | None, str], None] | None = None,
+    cancel: object | None = None,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (tensor name, importance vector) for every weight matrix of the source.
+
+    Runs the full-precision model over the calibration tokens layer by layer. The
+    output matrix (or the tied token embeddings) comes last.
+    """
+    for name, stats in collect_statistics(source, tokens, progress=progress, cancel=cancel):
+        yield name, stats.mean_square

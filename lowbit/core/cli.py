@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a full-precision model to GGUF")
     q.add_argument("src", help="Hugging Face model folder, or an F32/F16/BF16 GGUF")
     q.add_argument("--type", required=True, dest="preset", help="preset: " + ", ".join(_presets()))
-    q.add_argument("--method", choices=["rtn", "imatrix"], default="rtn", help="default: rtn")
+    q.add_argument("--method", choices=["rtn", "imatrix", "gptq"], default="rtn", help="default: rtn")
     q.add_argument("--calibration", type=Path, default=None, help="calibration text (default: built-in)")
     q.add_argument("--budget", default=None, help="size budget for mixed precision, e.g. 90MiB or 4.5bpw")
     q.add_argument("-o", "--output", required=True, type=Path, help="the GGUF file to write")
@@ -83,15 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="replace the output if it exists")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    e = sub.add_parser("estimate", help="size and estimated quality loss of each preset, before quantizing")
+    e.add_argument("src", help="Hugging Face model folder, or an F32/F16/BF16 GGUF")
+    e.add_argument("--presets", nargs="+", default=None, metavar="PRESET", help="default: every preset")
+    e.add_argument("--method", choices=["rtn", "imatrix", "gptq"], default="rtn", help="default: rtn")
+    e.add_argument("--calibration", type=Path, default=None, help="calibration text (default: built-in)")
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--json", action="store_true", help="print the table as JSON")
+
     cv = sub.add_parser("convert", help="convert between Hugging Face folders and GGUF")
     cv.add_argument("src", help="Hugging Face folder (to GGUF) or GGUF file (with --to-hf)")
     cv.add_argument("--to-hf", type=Path, default=None, metavar="DIR", help="write a Hugging Face folder")
     cv.add_argument("--dtype", choices=["bf16", "f16", "f32"], default=None, help="weight type written")
     cv.add_argument("-o", "--output", type=Path, default=None, help="the GGUF file to write")
 
+    from .cli_bench import add_bench_parser
     from .cli_eval import add_eval_parser
+    from .cli_models import add_models_parsers
 
     add_eval_parser(sub)
+    add_bench_parser(sub)
+    add_models_parsers(sub)
     sub.add_parser("app", help="start the desktop app")
     return parser
 
@@ -117,12 +129,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_logits(args)
         if args.command == "quantize":
             return cmd_quantize(args)
+        if args.command == "estimate":
+            return cmd_estimate(args)
         if args.command == "convert":
             return cmd_convert(args)
         if args.command == "eval":
             from .cli_eval import cmd_eval
 
             return cmd_eval(args)
+        if args.command == "bench":
+            from .cli_bench import cmd_bench
+
+            return cmd_bench(args)
+        if args.command in ("search", "download", "models", "login"):
+            from . import cli_models
+
+            return getattr(cli_models, f"cmd_{args.command}")(args)
     except LowbitError as e:
         print(f"lowbit: {e}", file=sys.stderr)
         return 1
@@ -368,6 +390,35 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             size = f"{info['size_mib']:.1f} MiB, {r.bpw:.2f} bits/weight"
             print(f"wrote {r.path} ({size}) in {r.seconds:.1f} s")
             print(f"tensor types: {types}")
+        return 0
+
+    return _interruptible(run)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .estimate import estimate
+    from .quantize import QUANT_PRESETS
+
+    def run(bar: Any, cancel: Any) -> int:
+        rows = estimate(
+            args.src,
+            args.presets or QUANT_PRESETS,
+            method=args.method,
+            calibration=args.calibration,
+            n_threads=args.threads,
+            progress=bar,
+            cancel=cancel,
+        )
+        bar.close()
+        if args.json:
+            print(
+                json.dumps({"estimate": True, "method": args.method, "presets": [r.to_dict() for r in rows]})
+            )
+            return 0
+        print(f"{'preset':8} {'size MiB':>9} {'bits/w':>7} {'est. KLD':>9}")
+        for r in rows:
+            print(f"{r.preset:8} {r.data_bytes / 2**20:9.1f} {r.bpw:7.2f} {r.kld_estimate:9.4f}")
+        print("KLD values are estimates from weight error; `lowbit eval` measures them.")
         return 0
 
     return _interruptible(run)

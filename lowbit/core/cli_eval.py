@@ -17,7 +17,8 @@ from typing import Any, TextIO
 from .errors import CancelledError, LowbitError
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
@@ -48,7 +49,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         required=True,
         type=Path,
         metavar="REF",
-        help="the full-precision GGUF (F32, F16 or BF16)",
+        help="the full-precision model: a GGUF (F32, F16 or BF16) or a Hugging Face folder",
     )
     p.add_argument("candidates", nargs="+", type=Path, metavar="CAND", help="GGUF files to compare")
     p.add_argument(
@@ -63,12 +64,12 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a quick preview on a few hundred tokens (default: every chunk of 512 tokens)",
     )
-    p.add_argument("--ctx", type=_positive_int, default=None, metavar="N", help="tokens per chunk")
+    p.add_argument("--ctx", type=positive_int, default=None, metavar="N", help="tokens per chunk")
     p.add_argument(
-        "--chunks", type=_positive_int, default=None, metavar="N", help="evaluate at most this many chunks"
+        "--chunks", type=positive_int, default=None, metavar="N", help="evaluate at most this many chunks"
     )
     p.add_argument(
-        "--threads", type=_positive_int, default=None, metavar="N", help="threads (default: physical cores)"
+        "--threads", type=positive_int, default=None, metavar="N", help="threads (default: physical cores)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(

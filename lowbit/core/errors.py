@@ -70,3 +70,27 @@ class DiskFullError(LowbitError, OSError):
 
 class EvaluationError(LowbitError, ValueError):
     """An accuracy evaluation cannot run: text too short, mismatched vocabularies, bad settings..."""
+
+
+class HubError(LowbitError):
+    """A request to the Hugging Face Hub failed or was refused."""
+
+
+class OfflineError(HubError, ConnectionError):
+    """The Hub cannot be reached: no network, or offline mode is on. Local models still work."""
+
+
+class GatedModelError(HubError, PermissionError):
+    """The repository is gated or private: it needs a logged-in token with access to it."""
+
+
+class RepoNotFoundError(HubError, FileNotFoundError):
+    """No such repository, revision or file on the Hub."""
+
+
+class DownloadError(HubError, OSError):
+    """A download failed or gave content that does not match the Hub's checksum."""
+
+
+class LibraryError(LowbitError, ValueError):
+    """A request about the model library that cannot be carried out (unknown model, bad import...)."""

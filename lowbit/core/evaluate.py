@@ -932,7 +932,8 @@ def evaluate(
     chunks, one at a time.
 
     Args:
-        reference: The full-precision GGUF (F32/F16/BF16) whose predictions are the truth.
+        reference: The full-precision model whose predictions are the truth: an F32/F16/BF16
+            GGUF, or a Hugging Face folder (converted to an F32 GGUF for the run).
         candidates: GGUF files of the same model, e.g. quantized.
         text: The evaluation text itself; or
         text_file: a UTF-8 file holding it. With neither, the built-in text.
@@ -963,6 +964,19 @@ def evaluate(
 
     if not candidates:
         raise EvaluationError("no candidate models to evaluate")
+    if Path(reference).is_dir():
+        return _evaluate_folder_reference(
+            Path(reference),
+            candidates,
+            text=text,
+            text_file=text_file,
+            settings=settings,
+            n_threads=n_threads,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            progress=progress,
+            cancel=cancel,
+        )
     if text is not None and text_file is not None:
         raise EvaluationError("give the text or a text file, not both")
     if cancel is not None:
@@ -1070,6 +1084,31 @@ def evaluate(
         reference_cached=ref.from_cache,
         candidates=tuple(results),
     )
+
+
+def _evaluate_folder_reference(folder: Path, candidates: Sequence[str | Path], **kw: Any) -> EvalReport:
+    """Evaluate against a Hugging Face folder: converted to an F32 GGUF beside the cache,
+    evaluated, deleted. The conversion writes the same bytes every time, so the
+    reference cache still applies."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from .quantize import quantize_model
+
+    cache = Path(kw["cache_dir"]) if kw.get("cache_dir") is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".reference-", dir=cache))
+    try:
+        if kw.get("progress") is not None:
+            kw["progress"]("prepare", 0, None, f"Converting {folder.name} to a GGUF reference")
+        converted = quantize_model(
+            folder, scratch / "reference-F32.gguf", preset="F32", cancel=kw.get("cancel")
+        )
+        report = evaluate(converted.path, candidates, **kw)
+        return dataclasses.replace(report, reference=str(folder))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 __all__ = [

@@ -30,7 +30,8 @@ from .quantize import BUDGET_TYPES, QuantizePlan, _plan, fallback_type, is_matri
 SAMPLE_ROWS = 256
 
 
-def _sample_rows(w: np.ndarray, n: int = SAMPLE_ROWS) -> np.ndarray:
+def sample_rows(w: np.ndarray, n: int = SAMPLE_ROWS) -> np.ndarray:
+    """At most ``n`` evenly spaced rows of ``w`` (all of them when it has fewer)."""
     if w.shape[0] <= n:
         return w
     idx = np.linspace(0, w.shape[0] - 1, n).round().astype(np.int64)
@@ -67,7 +68,7 @@ def tensor_sensitivities(
         if progress is not None:
             progress("measure", i, len(names), name)
         t = source.tensors[name]
-        w = _sample_rows(source.load(name).reshape(-1, t.shape[-1]))
+        w = sample_rows(source.load(name).reshape(-1, t.shape[-1]))
         usable = sorted(
             {fallback_type(q, t.shape[-1]) for q in types}, key=lambda q: tensor_bytes(q, t.shape)
         )

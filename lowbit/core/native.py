@@ -45,6 +45,25 @@ def last_error() -> str:
     return ffi.string(lib.lb_last_error()).decode("utf-8", "replace")
 
 
+def isa() -> str:
+    """The kernel path in use: "scalar", "avx2", "avx512" or "neon".
+
+    The library picks the best one the CPU supports; the environment variable
+    ``LOWBIT_ISA`` (read on first use) or :func:`set_isa` choose another.
+    """
+    return ffi.string(lib.lb_isa()).decode("ascii")
+
+
+def set_isa(name: str) -> None:
+    """Switch the kernel path ("auto" for the best available).
+
+    Raises:
+        InvalidArgumentError: An unknown name.
+        NativeError: A path this CPU or build lacks (the current one stays).
+    """
+    check(lib.lb_set_isa(name.encode("ascii")), "set_isa")
+
+
 def check(status: int, what: str = "") -> None:
     """Raise the Python exception that matches an lb_status."""
     if status == LB_OK:

@@ -48,6 +48,8 @@ class ProgressBar:
         self.stream.flush()
 
     def close(self) -> None:
+        """End the bar's line; calling it again does nothing."""
         if self._stage and self.tty:
             self.stream.write("\n")
             self.stream.flush()
+        self._stage = ""

@@ -10,6 +10,10 @@ Q4_K_M has). Methods:
 - ``imatrix``: the model runs on a calibration text, and each column's error is
   weighted by the mean square of the activation that multiplies it when the C
   encoder searches block scales and mins.
+- ``gptq``: as ``imatrix``, and each matrix is quantized a block of columns at a
+  time, the error of every block compensated in the columns still to come
+  through the full Gram matrix of the matrix's input (see ``gptq.py``). Needs
+  PyTorch.
 
 The job is safe to interrupt: it checks free disk space first, writes to a
 temporary name beside the output, fsyncs, and renames only when complete; a
@@ -56,7 +60,7 @@ PRESETS: dict[str, tuple[QT, int]] = {
     "Q2_K": (QT.Q2_K, 10),
 }
 QUANT_PRESETS = [p for p in PRESETS if p not in ("F32", "F16", "BF16")]
-METHODS = ("rtn", "imatrix")
+METHODS = ("rtn", "imatrix", "gptq")
 SUPER_BLOCK = 256
 
 # A K-type whose rows are not whole super-blocks falls back to a block-32 type of
@@ -254,7 +258,7 @@ def quantize_model(
         dst: The GGUF file to write.
         preset: One of :data:`PRESETS` (the type mixture; with ``budget``, the
             starting point and the label written into the file).
-        method: "rtn" or "imatrix".
+        method: "rtn", "imatrix" or "gptq".
         calibration: Text file for calibration (default: the built-in text).
         budget: Size budget of the tensor data ("450MiB", "4.5bpw"); per-tensor
             types are then chosen by measured sensitivity, never over the budget.
@@ -267,7 +271,8 @@ def quantize_model(
         What was written.
 
     Raises:
-        QuantizeError: Unknown preset or method, or a budget below the smallest mixture.
+        QuantizeError: Unknown preset or method, a budget below the smallest mixture, or
+            ``gptq`` without PyTorch installed.
         FileExistsError: ``dst`` exists and ``overwrite`` is false.
         DiskFullError: Not enough free space for the output.
         CancelledError: Cancelled; no output is left behind.
@@ -282,6 +287,10 @@ def quantize_model(
         raise QuantizeError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if method not in METHODS:
         raise QuantizeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "gptq":
+        from .gptq import require_torch
+
+        require_torch()  # before any work
     out = Path(dst)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists")
@@ -296,6 +305,12 @@ def quantize_model(
         calib = None
         if method == "imatrix" or budget is not None:
             calib, importance = _calibrate(source, calibration, progress, cancel)
+        gptq = None
+        if method == "gptq":
+            from .gptq import HessianStream
+
+            calib = calib or _load_calibration(source, calibration)
+            gptq = HessianStream(source, calib.tokens, cancel=cancel)
         plan = plan_preset(source, preset)
         if budget is not None:
             from .mixture import plan_budget
@@ -304,7 +319,8 @@ def quantize_model(
             plan = plan_budget(source, limit, importance, n_threads=threads, progress=progress, cancel=cancel)
         kv = _output_kv(source, preset, method if budget is None else f"{method}+budget", calib)
         _check_disk(out, plan.data_bytes + _kv_bytes(kv))
-        _write_gguf(source, out, plan, kv, importance if method != "rtn" else {}, threads, progress, cancel)
+        imp = importance if method == "imatrix" else {}
+        _write_gguf(source, out, plan, kv, imp, threads, progress, cancel, gptq)
     finally:
         if own:
             source.close()
@@ -322,14 +338,20 @@ def quantize_model(
     )
 
 
-def _calibrate(
-    source: SourceModel, calibration: Any, progress: ProgressFn | None, cancel: Any
-) -> tuple[Any, dict[str, np.ndarray]]:
-    from .calibrate import collect_importance, load_calibration
+def _load_calibration(source: SourceModel, calibration: Any) -> Any:
+    from .calibrate import load_calibration
     from .tokenizer import Tokenizer
 
     tok = Tokenizer.from_gguf_metadata(source.metadata())
-    calib = load_calibration(calibration, lambda s: tok.encode(s, add_bos=False, parse_special=False))
+    return load_calibration(calibration, lambda s: tok.encode(s, add_bos=False, parse_special=False))
+
+
+def _calibrate(
+    source: SourceModel, calibration: Any, progress: ProgressFn | None, cancel: Any
+) -> tuple[Any, dict[str, np.ndarray]]:
+    from .calibrate import collect_importance
+
+    calib = _load_calibration(source, calibration)
     importance = dict(collect_importance(source, calib.tokens, progress=progress, cancel=cancel))
     return calib, importance
 
@@ -380,6 +402,7 @@ def _write_gguf(
     threads: int,
     progress: ProgressFn | None,
     cancel: Any,
+    gptq: Any = None,
 ) -> None:
     import gguf
 
@@ -393,6 +416,10 @@ def _write_gguf(
             sub = gguf.GGUFValueType(k.sub_type) if k.sub_type is not None else None
             writer.add_key_value(k.key, k.value, gguf.GGUFValueType(k.vtype), sub_type=sub)
         names = list(source.tensors)
+        if gptq is not None:
+            # Layer by layer, the rest last: GPTQ calibrates one layer at a time as
+            # its tensors come up, and the output's statistics come after the last layer.
+            names.sort(key=lambda n: (0, int(n.split(".")[1])) if n.startswith("blk.") else (1, 0))
         for name in names:
             t = source.tensors[name]
             qt = plan.types[name]
@@ -411,8 +438,10 @@ def _write_gguf(
                 progress("quantize", done, plan.data_bytes, f"{name} → {qt.name} ({i + 1}/{len(names)})")
             w = source.load(name)
             w2 = w.reshape(-1, t.shape[-1])
-            imp = importance.get(name)
-            data = quantize_rows(int(qt), w2, importance=imp, n_threads=threads)
+            if gptq is not None:
+                data = gptq.encode(name, w2, int(qt), n_threads=threads)
+            else:
+                data = quantize_rows(int(qt), w2, importance=importance.get(name), n_threads=threads)
             writer.write_tensor_data(data.reshape(-1))
             done += data.nbytes
         writer.close()

@@ -238,7 +238,7 @@ class Tokenizer:
         """Build the tokenizer described by a GGUF file's ``tokenizer.*`` keys.
 
         Args:
-            meta: The file's metadata as plain values (see ``gguf_meta.read_metadata``).
+            meta: The file's metadata as plain values (``GGUFFile.metadata``).
 
         Returns:
             A ready tokenizer.

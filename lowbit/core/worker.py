@@ -288,6 +288,76 @@ class Worker:
             **on,
         )
 
+    def quantize(self, src: str | Path, dst: str | Path, **options: Any) -> Job[Any]:
+        """Quantize a full-precision model; options and result (a QuantizeResult) as in
+        :func:`lowbit.core.quantize.quantize_model`. A cancelled job leaves no file."""
+        from .quantize import quantize_model
+
+        on = _pop_callbacks(options)
+        return self.submit(
+            "quantize",
+            lambda ctx: quantize_model(src, dst, progress=ctx.progress, cancel=ctx.cancel, **options),
+            **on,
+        )
+
+    def estimate(self, src: str | Path, **options: Any) -> Job[Any]:
+        """Size and estimated quality loss of each preset; options and result (a list of
+        PresetEstimate) as in :func:`lowbit.core.estimate.estimate`."""
+        from .estimate import estimate
+
+        on = _pop_callbacks(options)
+        return self.submit(
+            "estimate",
+            lambda ctx: estimate(src, progress=ctx.progress, cancel=ctx.cancel, **options),
+            **on,
+        )
+
+    def preview(self, src: str | Path, presets: Sequence[str], **options: Any) -> Job[Any]:
+        """Quantize to several presets and measure each; options and result (a
+        PreviewResult) as in :func:`lowbit.core.preview.preview`."""
+        from .preview import preview
+
+        on = _pop_callbacks(options)
+        return self.submit(
+            "preview",
+            lambda ctx: preview(src, presets, progress=ctx.progress, cancel=ctx.cancel, **options),
+            **on,
+        )
+
+    def search(self, query: str = "", **options: Any) -> Job[Any]:
+        """Search the Hub; options and result (a list of HubModel) as in
+        :func:`lowbit.core.hub.search`."""
+        from .hub import search
+
+        on = _pop_callbacks(options)
+        return self.submit("search", lambda ctx: search(query, **options), **on)
+
+    def download(self, library: Any, repo_id: str, **options: Any) -> Job[Any]:
+        """Download a model into a :class:`~lowbit.core.library.Library`; options and result
+        (the new entries) as in :meth:`Library.download`. Progress goes to ``on_progress``,
+        a :class:`~lowbit.core.hub.DownloadProgress` per update (file, speed, ETA) to
+        ``on_event``. A cancelled download keeps its partial file and resumes next time."""
+        on = _pop_callbacks(options)
+        return self.submit(
+            "download",
+            lambda ctx: library.download(
+                repo_id, progress=ctx.progress, on_update=ctx.emit, cancel=ctx.cancel, **options
+            ),
+            **on,
+        )
+
+    def fetch_starter(self, library: Any, **options: Any) -> Job[Any]:
+        """Get the starter model into a library; options and result (its entry) as in
+        :meth:`Library.fetch_starter`."""
+        on = _pop_callbacks(options)
+        return self.submit(
+            "starter",
+            lambda ctx: library.fetch_starter(
+                progress=ctx.progress, on_update=ctx.emit, cancel=ctx.cancel, **options
+            ),
+            **on,
+        )
+
 
 def _pop_callbacks(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw.pop(k) for k in ("on_progress", "on_event", "on_done", "on_error") if k in kw}

@@ -115,6 +115,24 @@ lb_status lb_quantize_rows(int32_t type, const float *src, int64_t nrows, int64_
 lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w,
                      size_t w_size, const float *x, float *out);
 
+/* ---- instruction-set paths --------------------------------------------- */
+
+/* The kernel path in use: "scalar" (portable C, the reference), "avx2"
+ * (AVX2, FMA, F16C), "avx512" (AVX-512 F/BW/VL with VNNI) or "neon" (arm64
+ * with the dot-product extension). On first use the library picks the best
+ * path the CPU and operating system support; the environment variable
+ * LOWBIT_ISA (one of the names, or "auto") asks for another, and a path the
+ * CPU lacks then falls back to the best one, with a warning on stderr. The
+ * paths agree up to float rounding in the order of summation; the Q8
+ * activation encodings are the same bytes on every path. */
+const char *lb_isa(void);
+
+/* Switch to the named path ("auto" or NULL: the best available). An unknown
+ * name is LB_ERR_INVALID_ARGUMENT; a path this CPU or build lacks is
+ * LB_ERR_UNSUPPORTED, and the current path stays. Safe from any thread: calls
+ * already running finish on the path they started with. */
+lb_status lb_set_isa(const char *name);
+
 /* ---- models ------------------------------------------------------------ */
 
 enum lb_arch {

@@ -5,13 +5,24 @@
  *
  * Within a block the products of integer quants are summed exactly in int32
  * (the largest possible sum, q6_K's, stays below 2^28); each block's integer
- * sum is then scaled once in float. Only the float scaling and the sum over
- * blocks round, which is where SIMD versions may differ in the last bits.
+ * sum is then scaled once in float and added to the row's sum in block order.
+ * The SIMD paths of the quantized types repeat exactly those float steps, so
+ * they agree with these bit for bit; the float types' SIMD kernels sum in
+ * their own order and agree to rounding.
  * The minimum terms of q2_K/q4_K/q5_K use q8_K's bsums, as GGML does, so an
  * optimised kernel needs no second pass over the activations.
  */
 #include "kernels.h"
 #include "lb_internal.h"
+
+/* Every SIMD path reproduces the quantized kernels' float steps exactly, so
+ * the reference must not fuse them into multiply-adds where the target has
+ * FMA (GCC does so at -std=gnu11, e.g. on arm64). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 const int8_t lb_kvalues_iq4nl[16] = {
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
@@ -311,4 +322,20 @@ void lb_vec_dot_q6_K_q8_K(int64_t n, float *s, const void *w, const void *a) {
         sum += (lb_fp16_to_fp32(x[b].d) * y[b].d) * (float)isum;
     }
     *s = sum;
+}
+
+/* ---- attention helpers ------------------------------------------------------ */
+
+float lb_attn_dot_ref(int64_t n, const float *q, const uint16_t *k) {
+    float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t i = 0; i < n; i++) {
+        s[i % 8] += q[i] * lb_fp16_to_fp32(k[i]);
+    }
+    return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+}
+
+void lb_attn_axpy_ref(int64_t n, float w, const uint16_t *v, float *o) {
+    for (int64_t i = 0; i < n; i++) {
+        o[i] += w * lb_fp16_to_fp32(v[i]);
+    }
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "lb_blocks.h"
+#include "lb_internal.h"
 
 /* IQ4_NL's 16 levels, indexed by the 4-bit code. */
 extern const int8_t lb_kvalues_iq4nl[16];
@@ -48,5 +49,64 @@ void lb_vec_dot_q3_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q4_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q5_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q6_K_q8_K(int64_t n, float *s, const void *w, const void *a);
+
+/* ---- run-time dispatch (dispatch.c) --------------------------------------- */
+
+/* Slots in the per-type tables: every type id of the traits table. */
+#define LB_TYPE_SLOTS (LB_TYPE_BF16 + 1)
+
+/* Most activation rows one lb_vec_dot_multi_fn call takes. */
+#define LB_MULTI_MAX 4
+
+/* s[c * ld_s] = dot(w, a_c) for c in 0..nc-1 (1 <= nc <= LB_MULTI_MAX), where
+ * a_c is the row at a + c * a_stride bytes: one weight row against several
+ * activation rows, so each weight block is loaded and unpacked once. Column c
+ * gets exactly the value the same ISA's vec_dot gives for (w, a_c). */
+typedef void (*lb_vec_dot_multi_fn)(int64_t n, float *s, int64_t ld_s, const void *w, const void *a,
+                                    size_t a_stride, int nc);
+
+/* Attention over the fp16 KV cache: dot(q, k) of n floats with n fp16
+ * values, and o[i] += w * v[i]. The dot sums in 8 interleaved partial sums
+ * (element i into sum i % 8), combined as ((s0+s4) + (s2+s6)) + ((s1+s5) +
+ * (s3+s7)), products and sums rounded separately: an order every SIMD path
+ * repeats exactly, so attention, like the matrix kernels, gives the same
+ * floats on every path. */
+typedef float (*lb_attn_dot_fn)(int64_t n, const float *q, const uint16_t *k);
+typedef void (*lb_attn_axpy_fn)(int64_t n, float w, const uint16_t *v, float *o);
+float lb_attn_dot_ref(int64_t n, const float *q, const uint16_t *k);
+void lb_attn_axpy_ref(int64_t n, float w, const uint16_t *v, float *o);
+
+/* One instruction-set path: its kernels, indexed by type id. A NULL entry
+ * means the scalar reference serves that type. */
+typedef struct lb_kernels {
+    const char *name;                          /* "scalar", "avx2", "avx512", "neon" */
+    lb_vec_dot_fn vec_dot[LB_TYPE_SLOTS];      /* by weight type */
+    lb_vec_dot_multi_fn vec_dot_multi[LB_TYPE_SLOTS];
+    lb_from_float_fn from_float[LB_TYPE_SLOTS]; /* activation encoders (Q8_0, Q8_1, Q8_K), byte for byte
+                                                   the reference ones */
+    lb_attn_dot_fn attn_dot;                   /* NULL: the reference */
+    lb_attn_axpy_fn attn_axpy;
+} lb_kernels;
+
+/* The active path, chosen on first use from the CPU and LOWBIT_ISA. Never
+ * NULL; the table is immutable, so a caller may keep the pointer for the
+ * duration of a job even if lb_set_isa switches paths meanwhile. */
+const lb_kernels *lb_kernels_active(void);
+
+/* The kernels of the active path for a weight type, with the scalar
+ * reference filled in where the path has none. multi may be NULL. */
+lb_vec_dot_fn lb_kernel_vec_dot(const lb_kernels *k, int32_t type);
+lb_vec_dot_multi_fn lb_kernel_vec_dot_multi(const lb_kernels *k, int32_t type);
+lb_from_float_fn lb_kernel_from_float(const lb_kernels *k, int32_t type);
+
+/* The paths built into this binary for the CPU family (each checks its own
+ * CPU features before dispatch selects it). */
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
+extern const lb_kernels lb_kernels_avx2;
+extern const lb_kernels lb_kernels_avx512;
+#endif
+#if defined(__aarch64__)
+extern const lb_kernels lb_kernels_neon;
+#endif
 
 #endif /* LB_KERNELS_H */

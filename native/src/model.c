@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "../kernels/kernels.h"
 #include "lb_internal.h"
 #include "threadpool.h"
 
@@ -70,24 +71,6 @@ struct lb_model {
 
     lb_pool *pool;
 };
-
-/* ---- fp16 table: the cache is read far more often than written ---------- */
-
-static float lb_fp16_table[65536];
-static atomic_int lb_fp16_table_state; /* 0 unset, 1 filling, 2 ready */
-
-static void lb_fp16_table_init(void) {
-    int expected = 0;
-    if (atomic_compare_exchange_strong(&lb_fp16_table_state, &expected, 1)) {
-        for (uint32_t i = 0; i < 65536; i++) {
-            lb_fp16_table[i] = lb_fp16_to_fp32((uint16_t)i);
-        }
-        atomic_store(&lb_fp16_table_state, 2);
-    } else {
-        while (atomic_load(&lb_fp16_table_state) != 2) {
-        }
-    }
-}
 
 /* ---- creation and tensors ------------------------------------------------ */
 
@@ -155,7 +138,6 @@ lb_status lb_model_create(const lb_model_config *cfg, lb_model **out) {
         return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the model");
     }
     atomic_init(&m->cancel, 0);
-    lb_fp16_table_init();
     *out = m;
     return LB_OK;
 }
@@ -399,7 +381,7 @@ size_t lb_model_state_bytes(const lb_model *m) { return m ? m->state_bytes : 0; 
 typedef struct lb_encode_job {
     const float *src;           /* [n][ld_src] */
     int64_t ld_src, n_elems;
-    int32_t type;
+    lb_from_float_fn encode;
     uint8_t *dst;               /* [n][row_bytes] */
     size_t row_bytes;
 } lb_encode_job;
@@ -407,32 +389,80 @@ typedef struct lb_encode_job {
 static void lb_encode_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     const lb_encode_job *j = (const lb_encode_job *)ctx;
-    lb_get_type_traits(j->type)->from_float(j->src + t * j->ld_src, j->dst + (size_t)t * j->row_bytes,
-                                            j->n_elems);
+    j->encode(j->src + t * j->ld_src, j->dst + (size_t)t * j->row_bytes, j->n_elems);
 }
 
-typedef struct lb_matmul_job {
+/* One weight matrix of a matmul job and where its results go. */
+typedef struct lb_mm_part {
     const lb_tensor *w;
+    float *out;                 /* [n_tok][ld_out] */
+    int64_t ld_out;
+    int64_t task_end;           /* one past this part's last task in the job */
+    lb_vec_dot_fn dot;
+    lb_vec_dot_multi_fn multi;  /* NULL: one vec_dot per (row, token) */
+} lb_mm_part;
+
+/* Up to three matrices that read the same encoded input, run as one pool job
+ * so a decoding step waits for the threads once instead of once per matrix
+ * (Q, K and V; gate and up). With swiglu, parts 0 and 1 are gate and up of
+ * the same shape; each task does the same rows of both and leaves
+ * silu(gate) * up in part 0's output. */
+typedef struct lb_matmul_job {
     const uint8_t *act;         /* [n_tok][act_row] encoded inputs */
     size_t act_row;
     int64_t n_tok;
-    float *out;                 /* [n_tok][ld_out] */
-    int64_t ld_out;
-    lb_vec_dot_fn dot;
+    int n_parts;
+    int swiglu;
+    lb_mm_part part[3];
 } lb_matmul_job;
+
+/* Rows r0..r1 of one matrix against every token. Tokens go LB_MULTI_MAX at
+ * a time through the multi-row kernel, so each weight row is unpacked once
+ * per group; the chunk of rows stays in cache while the groups pass over it. */
+static void lb_matmul_rows(const lb_matmul_job *j, const lb_mm_part *p, int64_t r0, int64_t r1) {
+    const uint8_t *w = (const uint8_t *)p->w->data;
+    const int64_t n = p->w->ne0;
+    if (p->multi != NULL && j->n_tok > 1) {
+        for (int64_t t = 0; t < j->n_tok; t += LB_MULTI_MAX) {
+            const int nc = (int)(j->n_tok - t < LB_MULTI_MAX ? j->n_tok - t : LB_MULTI_MAX);
+            const uint8_t *a = j->act + (size_t)t * j->act_row;
+            float *o = p->out + t * p->ld_out;
+            for (int64_t r = r0; r < r1; r++) {
+                p->multi(n, &o[r], p->ld_out, w + (size_t)r * p->w->row_bytes, a, j->act_row, nc);
+            }
+        }
+        return;
+    }
+    for (int64_t t = 0; t < j->n_tok; t++) {
+        const uint8_t *a = j->act + (size_t)t * j->act_row;
+        float *o = p->out + t * p->ld_out;
+        for (int64_t r = r0; r < r1; r++) {
+            p->dot(n, &o[r], w + (size_t)r * p->w->row_bytes, a);
+        }
+    }
+}
 
 static void lb_matmul_task(void *ctx, int64_t task, int tid) {
     (void)tid;
     const lb_matmul_job *j = (const lb_matmul_job *)ctx;
-    const int64_t r0 = task * LB_ROWS_PER_TASK;
-    const int64_t r1 = r0 + LB_ROWS_PER_TASK < j->w->ne1 ? r0 + LB_ROWS_PER_TASK : j->w->ne1;
-    const uint8_t *w = (const uint8_t *)j->w->data;
-    /* A chunk of weight rows stays in cache while every token passes over it. */
-    for (int64_t t = 0; t < j->n_tok; t++) {
-        const uint8_t *a = j->act + (size_t)t * j->act_row;
-        float *o = j->out + t * j->ld_out;
-        for (int64_t r = r0; r < r1; r++) {
-            j->dot(j->w->ne0, &o[r], w + (size_t)r * j->w->row_bytes, a);
+    int i = 0;
+    while (task >= j->part[i].task_end) {
+        i++;
+    }
+    const lb_mm_part *p = &j->part[i];
+    const int64_t first = i > 0 ? j->part[i - 1].task_end : 0;
+    const int64_t r0 = (task - first) * LB_ROWS_PER_TASK;
+    const int64_t r1 = r0 + LB_ROWS_PER_TASK < p->w->ne1 ? r0 + LB_ROWS_PER_TASK : p->w->ne1;
+    lb_matmul_rows(j, p, r0, r1);
+    if (j->swiglu) {
+        const lb_mm_part *u = &j->part[1];
+        lb_matmul_rows(j, u, r0, r1);
+        for (int64_t t = 0; t < j->n_tok; t++) {
+            float *g = p->out + t * p->ld_out;
+            const float *up = u->out + t * u->ld_out;
+            for (int64_t r = r0; r < r1; r++) {
+                g[r] = g[r] / (1.0f + expf(-g[r])) * up[r];
+            }
         }
     }
 }
@@ -447,20 +477,71 @@ typedef struct lb_encoded {
     int64_t n_tok;
 } lb_encoded;
 
-static void lb_matmul(lb_model *m, lb_encoded *enc, const lb_tensor *w, const float *x, int64_t ld_x,
-                      int64_t n_tok, float *out, int64_t ld_out) {
-    const lb_type_traits *tr = lb_get_type_traits(w->type);
-    const int32_t vt = tr->vec_dot_type;
+/* Encode x for weight type wtype (if not already) and return the row size. */
+static size_t lb_encode_input(lb_model *m, lb_encoded *enc, const lb_kernels *k, const lb_tensor *w,
+                              const float *x, int64_t ld_x, int64_t n_tok) {
+    const int32_t vt = lb_get_type_traits(w->type)->vec_dot_type;
     const size_t act_row = lb_row_bytes(vt, w->ne0);
     if (!(enc->src == x && enc->type == vt && enc->n_tok == n_tok)) {
-        lb_encode_job ej = {x, ld_x, w->ne0, vt, m->act, act_row};
+        lb_encode_job ej = {x, ld_x, w->ne0, lb_kernel_from_float(k, vt), m->act, act_row};
         lb_pool_run(m->pool, lb_encode_task, &ej, n_tok);
         enc->src = x;
         enc->type = vt;
         enc->n_tok = n_tok;
     }
-    lb_matmul_job mj = {w, m->act, act_row, n_tok, out, ld_out, tr->vec_dot};
-    lb_pool_run(m->pool, lb_matmul_task, &mj, (w->ne1 + LB_ROWS_PER_TASK - 1) / LB_ROWS_PER_TASK);
+    return act_row;
+}
+
+/* outs[i][t][0..ws[i].ne1) = W_i x[t] for nw matrices of the same input
+ * width, as one job where their activation formats agree (else one by one). */
+static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *const *ws, float *const *outs,
+                        const int64_t *lds, const float *x, int64_t ld_x, int64_t n_tok, int swiglu) {
+    const lb_kernels *k = lb_kernels_active();
+    int same = 1;
+    for (int i = 1; i < nw; i++) {
+        same &= lb_get_type_traits(ws[i]->type)->vec_dot_type == lb_get_type_traits(ws[0]->type)->vec_dot_type;
+    }
+    if (!same) {
+        for (int i = 0; i < nw; i++) {
+            lb_matmul_n(m, enc, 1, &ws[i], &outs[i], &lds[i], x, ld_x, n_tok, 0);
+        }
+        if (swiglu) {
+            for (int64_t t = 0; t < n_tok; t++) {
+                float *g = outs[0] + t * lds[0];
+                const float *u = outs[1] + t * lds[1];
+                for (int64_t r = 0; r < ws[0]->ne1; r++) {
+                    g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+                }
+            }
+        }
+        return;
+    }
+    lb_matmul_job mj;
+    memset(&mj, 0, sizeof mj);
+    mj.act = m->act;
+    mj.act_row = lb_encode_input(m, enc, k, ws[0], x, ld_x, n_tok);
+    mj.n_tok = n_tok;
+    mj.swiglu = swiglu;
+    mj.n_parts = swiglu ? 1 : nw; /* with swiglu, part 1 rides along with part 0's tasks */
+    int64_t tasks = 0;
+    for (int i = 0; i < nw; i++) {
+        lb_mm_part *p = &mj.part[i];
+        p->w = ws[i];
+        p->out = outs[i];
+        p->ld_out = lds[i];
+        p->dot = lb_kernel_vec_dot(k, ws[i]->type);
+        p->multi = lb_kernel_vec_dot_multi(k, ws[i]->type);
+        if (i < mj.n_parts) {
+            tasks += (ws[i]->ne1 + LB_ROWS_PER_TASK - 1) / LB_ROWS_PER_TASK;
+        }
+        p->task_end = tasks;
+    }
+    lb_pool_run(m->pool, lb_matmul_task, &mj, tasks);
+}
+
+static void lb_matmul(lb_model *m, lb_encoded *enc, const lb_tensor *w, const float *x, int64_t ld_x,
+                      int64_t n_tok, float *out, int64_t ld_out) {
+    lb_matmul_n(m, enc, 1, &w, &out, &ld_out, x, ld_x, n_tok, 0);
 }
 
 static void lb_rmsnorm(float *dst, const float *x, const float *w, int64_t n, float eps) {
@@ -498,6 +579,8 @@ typedef struct lb_attn_job {
     int layer;
     int32_t pos0;
     int64_t n_tok;
+    lb_attn_dot_fn dot;
+    lb_attn_axpy_fn axpy;
 } lb_attn_job;
 
 /* One (token, head) pair: causal attention over the cache. */
@@ -516,14 +599,12 @@ static void lb_attn_task(void *ctx, int64_t task, int tid) {
     const uint16_t *vc = m->v_cache + layer_off + (size_t)kvh * hd;
     float *sc = m->att + (size_t)tid * (size_t)c->n_ctx;
     const float scale = 1.0f / sqrtf((float)hd);
+    const lb_attn_dot_fn dot = j->dot;
+    const lb_attn_axpy_fn axpy = j->axpy;
 
     float mx = -INFINITY;
     for (int64_t p = 0; p < n_keys; p++) {
-        const uint16_t *kp = kc + (size_t)p * m->kv_dim;
-        float d = 0.0f;
-        for (int i = 0; i < hd; i++) {
-            d += q[i] * lb_fp16_table[kp[i]];
-        }
+        float d = dot(hd, q, kc + (size_t)p * m->kv_dim);
         d *= scale;
         sc[p] = d;
         mx = d > mx ? d : mx;
@@ -539,11 +620,7 @@ static void lb_attn_task(void *ctx, int64_t task, int tid) {
         o[i] = 0.0f;
     }
     for (int64_t p = 0; p < n_keys; p++) {
-        const uint16_t *vp = vc + (size_t)p * m->kv_dim;
-        const float w = sc[p] * inv;
-        for (int i = 0; i < hd; i++) {
-            o[i] += w * lb_fp16_table[vp[i]];
-        }
+        axpy(hd, sc[p] * inv, vc + (size_t)p * m->kv_dim, o);
     }
 }
 
@@ -597,9 +674,12 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
             lb_rmsnorm(m->xn + t * d, m->x + t * d, (const float *)L->attn_norm.data, d, eps);
         }
         enc.src = NULL; /* xn was rewritten */
-        lb_matmul(m, &enc, &L->wq, m->xn, d, n_tok, m->q, m->q_dim);
-        lb_matmul(m, &enc, &L->wk, m->xn, d, n_tok, m->k, m->kv_dim);
-        lb_matmul(m, &enc, &L->wv, m->xn, d, n_tok, m->v, m->kv_dim);
+        {
+            const lb_tensor *ws[3] = {&L->wq, &L->wk, &L->wv};
+            float *outs[3] = {m->q, m->k, m->v};
+            const int64_t lds[3] = {m->q_dim, m->kv_dim, m->kv_dim};
+            lb_matmul_n(m, &enc, 3, ws, outs, lds, m->xn, d, n_tok, 0);
+        }
         lb_add_bias(m->q, &L->bq, n_tok, m->q_dim);
         lb_add_bias(m->k, &L->bk, n_tok, m->kv_dim);
         lb_add_bias(m->v, &L->bv, n_tok, m->kv_dim);
@@ -620,7 +700,9 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
                 vd[i] = lb_fp32_to_fp16(m->v[t * m->kv_dim + i]);
             }
         }
-        lb_attn_job aj = {m, l, pos0, n_tok};
+        const lb_kernels *kern = lb_kernels_active();
+        lb_attn_job aj = {m, l, pos0, n_tok, kern->attn_dot ? kern->attn_dot : lb_attn_dot_ref,
+                          kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref};
         lb_pool_run(m->pool, lb_attn_task, &aj, n_tok * c->n_head);
         /* xn now holds the attention output [n_tok][q_dim] */
         enc.src = NULL;
@@ -634,11 +716,12 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
             lb_rmsnorm(m->xn + t * d, m->x + t * d, (const float *)L->ffn_norm.data, d, eps);
         }
         enc.src = NULL;
-        lb_matmul(m, &enc, &L->w_gate, m->xn, d, n_tok, m->gate, c->n_ff);
-        lb_matmul(m, &enc, &L->w_up, m->xn, d, n_tok, m->up, c->n_ff);
-        for (int64_t i = 0; i < n_tok * (int64_t)c->n_ff; i++) {
-            const float g = m->gate[i];
-            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
+        {
+            /* gate becomes silu(gate) * up inside the job */
+            const lb_tensor *ws[2] = {&L->w_gate, &L->w_up};
+            float *outs[2] = {m->gate, m->up};
+            const int64_t lds[2] = {c->n_ff, c->n_ff};
+            lb_matmul_n(m, &enc, 2, ws, outs, lds, m->xn, d, n_tok, 1);
         }
         enc.src = NULL;
         lb_matmul(m, &enc, &L->w_down, m->gate, c->n_ff, n_tok, m->tmp, d);

@@ -335,7 +335,7 @@ void lb_quantize_row_q8_0_ref(const float *src, void *dst, int64_t n) {
 /* As q8_0, plus s = d * sum(qs) with the unrounded d. s overflows fp16 when
  * the block sums to more than 65504 in magnitude (as in GGML); lb_quantize
  * refuses such input. */
-static void lb_quantize_row_q8_1_ref(const float *src, void *dst, int64_t n) {
+void lb_quantize_row_q8_1_ref(const float *src, void *dst, int64_t n) {
     lb_block_q8_1 *y = dst;
     const int64_t nb = n / LB_QK8_1;
     for (int64_t b = 0; b < nb; b++) {
@@ -356,7 +356,7 @@ static void lb_quantize_row_q8_1_ref(const float *src, void *dst, int64_t n) {
  * magnitude, so x[k] encodes as exactly -127, and store d = 1 / that scale in
  * float. A block whose max|x| is below about 4e-37 overflows the scale and
  * encodes as zeros. */
-static void lb_quantize_row_q8_K_ref(const float *src, void *dst, int64_t n) {
+void lb_quantize_row_q8_K_ref(const float *src, void *dst, int64_t n) {
     lb_block_q8_K *y = dst;
     const int64_t nb = n / LB_QK_K;
     for (int64_t b = 0; b < nb; b++) {
@@ -672,7 +672,9 @@ lb_status lb_quantize(int32_t type, const float *src, int64_t n, void *dst, size
     if ((st = lb_check_encodable(fn, type, src, n))) {
         return st;
     }
-    t->from_float(src, dst, n);
+    /* The Q8 activation encoders of every ISA path write the reference bytes,
+     * so this also serves to check them against each other. */
+    lb_kernel_from_float(lb_kernels_active(), type)(src, dst, n);
     return LB_OK;
 }
 
@@ -772,11 +774,15 @@ lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w, size_
         if (scratch == NULL) {
             return lb_fail(LB_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for the encoded x", fn, act_bytes);
         }
-        at->from_float(x, scratch, n);
+    }
+    const lb_kernels *k = lb_kernels_active();
+    if (scratch != NULL) {
+        lb_kernel_from_float(k, t->vec_dot_type)(x, scratch, n);
         act = scratch;
     }
+    const lb_vec_dot_fn dot = lb_kernel_vec_dot(k, type);
     for (int64_t r = 0; r < rows; r++) {
-        t->vec_dot(n, &out[r], (const char *)w + (size_t)r * row, act);
+        dot(n, &out[r], (const char *)w + (size_t)r * row, act);
     }
     free(scratch);
     return LB_OK;

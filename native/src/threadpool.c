@@ -57,6 +57,7 @@ struct lb_pool {
     _Alignas(64) atomic_ullong generation; /* bumped per job */
     _Alignas(64) atomic_int n_finished;    /* workers done with the current job */
     atomic_int shutdown;
+    atomic_int n_sleeping; /* workers in (or about to enter) the condition wait */
 
     /* the current job */
     lb_task_fn fn;
@@ -103,10 +104,14 @@ static void *lb_worker_main(void *arg)
         }
         if (gen == seen) {
             lb_mutex_lock(&p->mutex);
-            while (!atomic_load(&p->shutdown) &&
-                   (gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen) {
+            /* Announce the sleep before the last look at the generation; the
+             * job side bumps the generation before it looks at n_sleeping.
+             * Both are seq_cst, so at least one of us sees the other. */
+            atomic_fetch_add(&p->n_sleeping, 1);
+            while (!atomic_load(&p->shutdown) && (gen = atomic_load(&p->generation)) == seen) {
                 lb_cond_wait(&p->wake, &p->mutex);
             }
+            atomic_fetch_sub(&p->n_sleeping, 1);
             lb_mutex_unlock(&p->mutex);
         }
         if (atomic_load(&p->shutdown)) {
@@ -139,6 +144,7 @@ lb_status lb_pool_create(int n_threads, lb_pool **out) {
     atomic_init(&p->generation, 0);
     atomic_init(&p->n_finished, 0);
     atomic_init(&p->shutdown, 0);
+    atomic_init(&p->n_sleeping, 0);
     if (n_threads > 1) {
         p->workers = (lb_worker *)calloc((size_t)(n_threads - 1), sizeof *p->workers);
         if (!p->workers) {
@@ -180,11 +186,15 @@ void lb_pool_run(lb_pool *p, lb_task_fn fn, void *ctx, int64_t n_tasks) {
     const int use_workers = p->n_started > 0 && n_tasks > 1;
     if (use_workers) {
         atomic_store_explicit(&p->n_finished, 0, memory_order_relaxed);
-        atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
-        /* Wake sleepers; taking the mutex orders this after their check. */
-        lb_mutex_lock(&p->mutex);
-        lb_cond_broadcast(&p->wake);
-        lb_mutex_unlock(&p->mutex);
+        atomic_fetch_add(&p->generation, 1); /* seq_cst: see the worker's side */
+        /* Spinning workers see the new generation by themselves; only wake
+         * sleepers, which saves a lock round trip per job while decoding.
+         * Taking the mutex orders the broadcast after their last check. */
+        if (atomic_load(&p->n_sleeping) > 0) {
+            lb_mutex_lock(&p->mutex);
+            lb_cond_broadcast(&p->wake);
+            lb_mutex_unlock(&p->mutex);
+        }
     }
     lb_pool_drain(p, 0);
     if (use_workers) {

@@ -1,4 +1,7 @@
-"""Turn the key-value fields of a GGUF file into plain Python values."""
+"""The ``gguf`` package's reading of a GGUF file's metadata as plain Python values.
+
+The independent reference that ``lowbit.core.gguf_file``'s own parser is checked against.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,747 @@
+/*
+ * The x86 kernels, written once over 256-bit vectors and compiled twice: by
+ * x86_avx2.c for AVX2 + FMA + F16C, and by x86_avx512.c for AVX-512 VL with
+ * VNNI, which defines LB_X86_VNNI to 1 first so the int8 products become
+ * vpdpbusd/vpdpwssd. Everything here is static: each including file gets its
+ * own copy, built for its own target, and exports only its kernel table.
+ * Include only after the file has switched its target on.
+ *
+ * Every kernel takes nc activation rows (1..LB_MULTI_MAX) against one weight
+ * row; the per-column arithmetic does not depend on nc.
+ *
+ * The quantized kernels give the scalar reference's result bit for bit: the
+ * integer sum of each block (or super-block) is exact as there (no int16
+ * saturation is reachable: the largest pair of u8 x s8 products is
+ * 2 * 128 * 127), and the float work after it is the reference's, operation
+ * for operation and block after block. The forward pass then computes the
+ * same logits on every path, which matters more than it seems: activations
+ * are re-quantized to 8 bits before each matrix, so a last-bit difference
+ * can move a value across a rounding boundary and grow from layer to layer.
+ * That rules out fused multiply-adds in those float steps, hence
+ * contraction off below. The float-weight kernels (F32, F16, BF16) have no
+ * such re-quantization and sum in float with FMA, in SIMD order.
+ */
+#ifndef LB_X86_SIMD_H
+#define LB_X86_SIMD_H
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#ifndef LB_X86_VNNI
+#define LB_X86_VNNI 0
+#endif
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#define LB_INLINE static __forceinline
+#define LB_UNROLL
+#else
+#define LB_INLINE static inline __attribute__((always_inline))
+#define LB_UNROLL _Pragma("GCC unroll 4")
+#endif
+
+/* ---- primitives -------------------------------------------------------------- */
+
+LB_INLINE float lb_h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+LB_INLINE float lb_hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+LB_INLINE int32_t lb_hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* 8 int32 lanes, each the sum of 4 adjacent products u[i] * s[i], u unsigned. */
+LB_INLINE __m256i lb_mul_u8s8(__m256i u, __m256i s) {
+#if LB_X86_VNNI
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+/* As lb_mul_u8s8 for two signed operands: |x| * (y with x's sign). */
+LB_INLINE __m256i lb_mul_s8s8(__m256i x, __m256i y) {
+    return lb_mul_u8s8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+/* acc + pairwise sums of p16 * sc16 (int16 -> int32). */
+LB_INLINE __m256i lb_madd_acc(__m256i acc, __m256i p16, __m256i sc16) {
+#if LB_X86_VNNI
+    return _mm256_dpwssd_epi32(acc, p16, sc16);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, sc16));
+#endif
+}
+
+/* Two int16 scales: the low 128 bits get lo, the high 128 bits hi (the
+ * int16 products of the first and second 16 bytes of a 32-byte chunk). */
+LB_INLINE __m256i lb_scale_pair(int lo, int hi) {
+    return _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+}
+
+LB_INLINE __m256i lb_loadu256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* ---- 32-element blocks ------------------------------------------------------------ */
+
+/* 16 bytes of nibbles -> 32 bytes: low nibbles first, then the high ones
+ * (the element order of q4_0/q4_1/q5_x/iq4_nl blocks). */
+LB_INLINE __m256i lb_nibbles32(const uint8_t *qs) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(15));
+}
+
+/* Byte i = 0xff where bit i of the little-endian 32-bit word at qh is set. */
+LB_INLINE __m256i lb_bits32(const uint8_t *qh) {
+    uint32_t v;
+    memcpy(&v, qh, sizeof v);
+    const __m256i rep = _mm256_shuffle_epi8(_mm256_set1_epi32((int)v),
+                                            _mm256_setr_epi64x(0, 0x0101010101010101LL, 0x0202020202020202LL,
+                                                               0x0303030303030303LL));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(rep, bit), bit);
+}
+
+/* Block b of a row of `type` as 32 int8 in element order (unsigned 0..31
+ * for q4_1/q5_1, signed otherwise), and the fp16 bits of its scale d and
+ * minimum m. */
+LB_INLINE __m256i lb_unpack32(const int type, const void *w, int64_t b, uint16_t *d, uint16_t *m) {
+    switch (type) {
+    case LB_TYPE_Q4_0: {
+        const lb_block_q4_0 *x = (const lb_block_q4_0 *)w + b;
+        *d = x->d;
+        return _mm256_sub_epi8(lb_nibbles32(x->qs), _mm256_set1_epi8(8));
+    }
+    case LB_TYPE_Q4_1: {
+        const lb_block_q4_1 *x = (const lb_block_q4_1 *)w + b;
+        *d = x->d;
+        *m = x->m;
+        return lb_nibbles32(x->qs);
+    }
+    case LB_TYPE_Q5_0: {
+        /* q - 16 is the nibble if bit 4 is set, else the nibble with 0xf0 on top */
+        const lb_block_q5_0 *x = (const lb_block_q5_0 *)w + b;
+        *d = x->d;
+        return _mm256_or_si256(lb_nibbles32(x->qs), _mm256_andnot_si256(lb_bits32(x->qh), _mm256_set1_epi8((char)0xf0)));
+    }
+    case LB_TYPE_Q5_1: {
+        const lb_block_q5_1 *x = (const lb_block_q5_1 *)w + b;
+        *d = x->d;
+        *m = x->m;
+        return _mm256_or_si256(lb_nibbles32(x->qs), _mm256_and_si256(lb_bits32(x->qh), _mm256_set1_epi8(16)));
+    }
+    case LB_TYPE_IQ4_NL: {
+        const lb_block_iq4_nl *x = (const lb_block_iq4_nl *)w + b;
+        *d = x->d;
+        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lb_kvalues_iq4nl));
+        return _mm256_shuffle_epi8(table, lb_nibbles32(x->qs));
+    }
+    default: { /* LB_TYPE_Q8_0 */
+        const lb_block_q8_0 *x = (const lb_block_q8_0 *)w + b;
+        *d = x->d;
+        return lb_loadu256(x->qs);
+    }
+    }
+}
+
+/* Lane i = the sum of the 8 lanes of p[i]. */
+LB_INLINE __m128i lb_reduce4(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* Four fp16 values -> float. */
+LB_INLINE __m128 lb_h2f_x4(const uint16_t h[4]) {
+    return _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
+}
+
+/* Blocks b0..b0+cnt-1 (cnt <= 4) against nc activation rows, added to sum[]
+ * one block at a time in the reference's order and float operations:
+ * sum += (float)isum * (dx * dy) [+ m * s]. The scales are converted four at
+ * a time from registers (a vector load of four scalar stores would stall on
+ * store forwarding). */
+LB_INLINE void lb_group32(const int type, const void *w, const uint8_t *a, size_t a_stride, int64_t b0, const int cnt,
+                          const int nc, float *sum) {
+    const int q81 = type == LB_TYPE_Q4_1 || type == LB_TYPE_Q5_1;
+    __m256i q[4];
+    uint16_t hd[4] = {0, 0, 0, 0}, hm[4] = {0, 0, 0, 0};
+    LB_UNROLL
+    for (int i = 0; i < 4; i++) {
+        q[i] = i < cnt ? lb_unpack32(type, w, b0 + i, &hd[i], &hm[i]) : _mm256_setzero_si256();
+    }
+    const __m128 vdx = lb_h2f_x4(hd), vmx = lb_h2f_x4(hm);
+    LB_UNROLL
+    for (int c = 0; c < nc; c++) {
+        const uint8_t *ac = a + (size_t)c * a_stride;
+        __m256i p[4];
+        uint16_t hy[4] = {0, 0, 0, 0}, hs[4] = {0, 0, 0, 0};
+        LB_UNROLL
+        for (int i = 0; i < 4; i++) {
+            if (i >= cnt) {
+                p[i] = _mm256_setzero_si256();
+            } else if (q81) {
+                const lb_block_q8_1 *y = (const lb_block_q8_1 *)ac + b0 + i;
+                p[i] = lb_mul_u8s8(q[i], lb_loadu256(y->qs));
+                hy[i] = y->d;
+                hs[i] = y->s;
+            } else {
+                const lb_block_q8_0 *y = (const lb_block_q8_0 *)ac + b0 + i;
+                p[i] = lb_mul_s8s8(q[i], lb_loadu256(y->qs));
+                hy[i] = y->d;
+            }
+        }
+        __m128 t = _mm_mul_ps(_mm_cvtepi32_ps(lb_reduce4(p[0], p[1], p[2], p[3])), _mm_mul_ps(vdx, lb_h2f_x4(hy)));
+        if (q81) {
+            t = _mm_add_ps(t, _mm_mul_ps(vmx, lb_h2f_x4(hs)));
+        }
+        float s = sum[c];
+        s += _mm_cvtss_f32(t);
+        if (cnt > 1) {
+            s += _mm_cvtss_f32(_mm_shuffle_ps(t, t, 1));
+        }
+        if (cnt > 2) {
+            s += _mm_cvtss_f32(_mm_shuffle_ps(t, t, 2));
+        }
+        if (cnt > 3) {
+            s += _mm_cvtss_f32(_mm_shuffle_ps(t, t, 3));
+        }
+        sum[c] = s;
+    }
+}
+
+LB_INLINE void lb_dot32(const int type, int64_t n, float *s, int64_t ld_s, const void *w, const void *a,
+                        size_t a_stride, const int nc) {
+    const int64_t nb = n / 32;
+    float sum[LB_MULTI_MAX];
+    for (int c = 0; c < nc; c++) {
+        sum[c] = 0.0f;
+    }
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        lb_group32(type, w, (const uint8_t *)a, a_stride, b, 4, nc, sum);
+    }
+    if (b < nb) {
+        lb_group32(type, w, (const uint8_t *)a, a_stride, b, (int)(nb - b), nc, sum);
+    }
+    for (int c = 0; c < nc; c++) {
+        s[c * ld_s] = sum[c];
+    }
+}
+
+/* ---- K-quants against q8_K --------------------------------------------------
+ * Quants are unpacked 32 at a time as unsigned bytes; maddubs gives int16
+ * pair sums, and a madd with the sub-block scales both applies them and
+ * widens to int32. Offsets (q3_K's -4, q6_K's -32) and mins come from q8_K's
+ * bsums, so no signed unpacking is needed. */
+
+#define LB_Y_K(c, b) ((const lb_block_q8_K *)((const uint8_t *)a + (size_t)(c) * a_stride) + (b))
+
+LB_INLINE void lb_dot_q2_K(int64_t n, float *s, int64_t ld_s, const void *w, const void *a, size_t a_stride,
+                           const int nc) {
+    const lb_block_q2_K *x = (const lb_block_q2_K *)w;
+    const int64_t nb = n / LB_QK_K;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    float acc[LB_MULTI_MAX];
+    for (int c = 0; c < nc; c++) {
+        acc[c] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const float d = lb_h2f(x[b].d), dmin = lb_h2f(x[b].dmin);
+        const __m128i sc_raw = _mm_loadu_si128((const __m128i *)x[b].scales);
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc_raw, 4), _mm_set1_epi8(15)));
+        __m256i isum[LB_MULTI_MAX];
+        for (int c = 0; c < nc; c++) {
+            isum[c] = _mm256_setzero_si256();
+        }
+        for (int h = 0; h < 2; h++) {
+            __m256i qs = lb_loadu256(x[b].qs + 32 * h);
+            for (int k = 0; k < 4; k++) {
+                const int j = 8 * h + 2 * k;
+                const __m256i q = _mm256_and_si256(qs, m3);
+                qs = _mm256_srli_epi16(qs, 2);
+                const __m256i sc = lb_scale_pair(x[b].scales[j] & 15, x[b].scales[j + 1] & 15);
+                LB_UNROLL
+                for (int c = 0; c < nc; c++) {
+                    const __m256i p = _mm256_maddubs_epi16(q, lb_loadu256(LB_Y_K(c, b)->qs + 128 * h + 32 * k));
+                    isum[c] = lb_madd_acc(isum[c], p, sc);
+                }
+            }
+        }
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            const lb_block_q8_K *y = LB_Y_K(c, b);
+            const int32_t msum = lb_hsum_epi32(_mm256_madd_epi16(mins, lb_loadu256(y->bsums)));
+            const float dall = y->d * d, dm = y->d * dmin;
+            acc[c] += dall * (float)lb_hsum_epi32(isum[c]) - dm * (float)msum;
+        }
+    }
+    for (int c = 0; c < nc; c++) {
+        s[c * ld_s] = acc[c];
+    }
+}
+
+LB_INLINE void lb_dot_q3_K(int64_t n, float *s, int64_t ld_s, const void *w, const void *a, size_t a_stride,
+                           const int nc) {
+    const lb_block_q3_K *x = (const lb_block_q3_K *)w;
+    const int64_t nb = n / LB_QK_K;
+    const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    float acc[LB_MULTI_MAX];
+    for (int c = 0; c < nc; c++) {
+        acc[c] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const float d = lb_h2f(x[b].d);
+        int8_t sc[16];
+        lb_unpack_scales_q3_K(x[b].scales, sc);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        __m256i isum[LB_MULTI_MAX];
+        for (int c = 0; c < nc; c++) {
+            isum[c] = _mm256_setzero_si256();
+        }
+        __m256i hm = lb_loadu256(x[b].hmask);
+        for (int h = 0; h < 2; h++) {
+            __m256i qs = lb_loadu256(x[b].qs + 32 * h);
+            for (int k = 0; k < 4; k++) {
+                const int j = 8 * h + 2 * k;
+                /* q + 4 in 0..7: the low bits plus 4 where the high bit is set */
+                const __m256i q = _mm256_or_si256(_mm256_and_si256(qs, m3),
+                                                  _mm256_slli_epi16(_mm256_and_si256(hm, one), 2));
+                qs = _mm256_srli_epi16(qs, 2);
+                hm = _mm256_srli_epi16(hm, 1);
+                const __m256i scv = lb_scale_pair(sc[j], sc[j + 1]);
+                LB_UNROLL
+                for (int c = 0; c < nc; c++) {
+                    const __m256i p = _mm256_maddubs_epi16(q, lb_loadu256(LB_Y_K(c, b)->qs + 128 * h + 32 * k));
+                    isum[c] = lb_madd_acc(isum[c], p, scv);
+                }
+            }
+        }
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            const lb_block_q8_K *y = LB_Y_K(c, b);
+            const __m256i ofs = _mm256_madd_epi16(sc16, lb_loadu256(y->bsums)); /* sum sc * y per lane pair */
+            const __m256i tot = _mm256_sub_epi32(isum[c], _mm256_slli_epi32(ofs, 2));
+            acc[c] += (d * y->d) * (float)lb_hsum_epi32(tot);
+        }
+    }
+    for (int c = 0; c < nc; c++) {
+        s[c * ld_s] = acc[c];
+    }
+}
+
+/* q4_K and q5_K (with_high): 8 sub-blocks of 32 with 6-bit scales and mins. */
+LB_INLINE void lb_dot_q45_K(const int with_high, int64_t n, float *s, int64_t ld_s, const void *w, const void *a,
+                            size_t a_stride, const int nc) {
+    const int64_t nb = n / LB_QK_K;
+    const size_t bsize = with_high ? sizeof(lb_block_q5_K) : sizeof(lb_block_q4_K);
+    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    float acc[LB_MULTI_MAX];
+    for (int c = 0; c < nc; c++) {
+        acc[c] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const void *blk = (const uint8_t *)w + (size_t)b * bsize;
+        const lb_block_q4_K *x4 = (const lb_block_q4_K *)blk;
+        const lb_block_q5_K *x5 = (const lb_block_q5_K *)blk;
+        const uint8_t *qs_base = with_high ? x5->qs : x4->qs;
+        const float d = lb_h2f(with_high ? x5->d : x4->d), dmin = lb_h2f(with_high ? x5->dmin : x4->dmin);
+        uint8_t sc[8], mn[8];
+        lb_unpack_scales_k4(with_high ? x5->scales : x4->scales, sc, mn);
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)mn), dup));
+        __m256i qh = with_high ? lb_loadu256(x5->qh) : _mm256_setzero_si256();
+        __m256i isum[LB_MULTI_MAX];
+        for (int c = 0; c < nc; c++) {
+            isum[c] = _mm256_setzero_si256();
+        }
+        for (int cc = 0; cc < 4; cc++) {
+            const __m256i raw = lb_loadu256(qs_base + 32 * cc);
+            __m256i lo = _mm256_and_si256(raw, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (with_high) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+                qh = _mm256_srli_epi16(qh, 2);
+            }
+            const __m256i s0 = _mm256_set1_epi16(sc[2 * cc]), s1 = _mm256_set1_epi16(sc[2 * cc + 1]);
+            LB_UNROLL
+            for (int c = 0; c < nc; c++) {
+                const int8_t *yq = LB_Y_K(c, b)->qs + 64 * cc;
+                isum[c] = lb_madd_acc(isum[c], _mm256_maddubs_epi16(lo, lb_loadu256(yq)), s0);
+                isum[c] = lb_madd_acc(isum[c], _mm256_maddubs_epi16(hi, lb_loadu256(yq + 32)), s1);
+            }
+        }
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            const lb_block_q8_K *y = LB_Y_K(c, b);
+            const int32_t msum = lb_hsum_epi32(_mm256_madd_epi16(mins, lb_loadu256(y->bsums)));
+            const float dall = y->d * d, dm = y->d * dmin;
+            acc[c] += dall * (float)lb_hsum_epi32(isum[c]) - dm * (float)msum;
+        }
+    }
+    for (int c = 0; c < nc; c++) {
+        s[c * ld_s] = acc[c];
+    }
+}
+
+LB_INLINE void lb_dot_q6_K(int64_t n, float *s, int64_t ld_s, const void *w, const void *a, size_t a_stride,
+                           const int nc) {
+    const lb_block_q6_K *x = (const lb_block_q6_K *)w;
+    const int64_t nb = n / LB_QK_K;
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    float acc[LB_MULTI_MAX];
+    for (int c = 0; c < nc; c++) {
+        acc[c] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const float d = lb_h2f(x[b].d);
+        const int8_t *sc = x[b].scales;
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        __m256i isum[LB_MULTI_MAX];
+        for (int c = 0; c < nc; c++) {
+            isum[c] = _mm256_setzero_si256();
+        }
+        for (int h = 0; h < 2; h++) {
+            const __m256i l0 = lb_loadu256(x[b].ql + 64 * h), l1 = lb_loadu256(x[b].ql + 64 * h + 32);
+            const __m256i qh = lb_loadu256(x[b].qh + 32 * h);
+            __m256i q[4];
+            /* unsigned q in 0..63; bit pair k of qh lands on bits 4-5 */
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+            for (int k = 0; k < 4; k++) {
+                const int j = 8 * h + 2 * k;
+                const __m256i scv = lb_scale_pair(sc[j], sc[j + 1]);
+                LB_UNROLL
+                for (int c = 0; c < nc; c++) {
+                    const __m256i p = _mm256_maddubs_epi16(q[k], lb_loadu256(LB_Y_K(c, b)->qs + 128 * h + 32 * k));
+                    isum[c] = lb_madd_acc(isum[c], p, scv);
+                }
+            }
+        }
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            const lb_block_q8_K *y = LB_Y_K(c, b);
+            const __m256i ofs = _mm256_madd_epi16(sc16, lb_loadu256(y->bsums));
+            const __m256i tot = _mm256_sub_epi32(isum[c], _mm256_slli_epi32(ofs, 5)); /* q - 32 */
+            acc[c] += (d * y->d) * (float)lb_hsum_epi32(tot);
+        }
+    }
+    for (int c = 0; c < nc; c++) {
+        s[c * ld_s] = acc[c];
+    }
+}
+
+#undef LB_Y_K
+
+/* ---- float weights against float activations ---------------------------------- */
+
+LB_INLINE __m256 lb_load8f(const int type, const void *w, int64_t i) {
+    switch (type) {
+    case LB_TYPE_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+    case LB_TYPE_BF16:
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i))), 16));
+    default:
+        return _mm256_loadu_ps((const float *)w + i);
+    }
+}
+
+LB_INLINE float lb_load1f(const int type, const void *w, int64_t i) {
+    switch (type) {
+    case LB_TYPE_F16:
+        return lb_h2f(((const uint16_t *)w)[i]);
+    case LB_TYPE_BF16:
+        return lb_bf16_to_fp32(((const uint16_t *)w)[i]);
+    default:
+        return ((const float *)w)[i];
+    }
+}
+
+LB_INLINE void lb_dot_float(const int type, int64_t n, float *s, int64_t ld_s, const void *w, const void *a,
+                            size_t a_stride, const int nc) {
+    __m256 acc0[LB_MULTI_MAX], acc1[LB_MULTI_MAX];
+    for (int c = 0; c < nc; c++) {
+        acc0[c] = _mm256_setzero_ps();
+        acc1[c] = _mm256_setzero_ps();
+    }
+#define LB_Y_F(c) ((const float *)((const uint8_t *)a + (size_t)(c) * a_stride))
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 w0 = lb_load8f(type, w, i), w1 = lb_load8f(type, w, i + 8);
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            acc0[c] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(LB_Y_F(c) + i), acc0[c]);
+            acc1[c] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(LB_Y_F(c) + i + 8), acc1[c]);
+        }
+    }
+    if (i + 8 <= n) {
+        const __m256 w0 = lb_load8f(type, w, i);
+        for (int c = 0; c < nc; c++) {
+            acc0[c] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(LB_Y_F(c) + i), acc0[c]);
+        }
+        i += 8;
+    }
+    for (int c = 0; c < nc; c++) {
+        float sum = lb_hsum_ps(_mm256_add_ps(acc0[c], acc1[c]));
+        for (int64_t k = i; k < n; k++) {
+            sum += lb_load1f(type, w, k) * LB_Y_F(c)[k];
+        }
+        s[c * ld_s] = sum;
+    }
+#undef LB_Y_F
+}
+
+/* ---- attention helpers (see kernels.h for the summation order) ---------------- */
+
+/* Up to 8 fp16 values from k[0..cnt), zeros after. */
+LB_INLINE __m256 lb_load_f16_part(const uint16_t *k, int64_t cnt) {
+    uint16_t tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    memcpy(tmp, k, (size_t)cnt * sizeof *k);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tmp));
+}
+
+static float lb_x86_attn_dot(int64_t n, const float *q, const uint16_t *k) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 kv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i)));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(q + i), kv));
+    }
+    if (i < n) { /* zero lanes add +0, which leaves a partial sum as it is */
+        float qt[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        memcpy(qt, q + i, (size_t)(n - i) * sizeof *q);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(qt), lb_load_f16_part(k + i, n - i)));
+    }
+    return lb_hsum_ps(acc);
+}
+
+static void lb_x86_attn_axpy(int64_t n, float w, const uint16_t *v, float *o) {
+    const __m256 vw = _mm256_set1_ps(w);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i)));
+        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_loadu_ps(o + i), _mm256_mul_ps(vw, vv)));
+    }
+    for (; i < n; i++) {
+        o[i] += w * lb_h2f(v[i]);
+    }
+}
+
+/* ---- activation encoders -----------------------------------------------------
+ * Byte for byte the reference encoders of quants.c: the same float
+ * operations (max |x|, d = max / 127, x * (1 / d)), and roundf's rounding
+ * (to nearest, ties away from zero) done exactly in SIMD. */
+
+/* roundf(v), clamped to +-127, NaN -> 0, as lb_round_q8. */
+LB_INLINE __m256i lb_round_q8_ps(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t)); /* exact: |v - trunc(v)| */
+    const __m256 away = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign));
+    __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), away));
+    const __m256 ordered = _mm256_cmp_ps(r, r, _CMP_ORD_Q);
+    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+    return _mm256_cvtps_epi32(_mm256_and_ps(r, ordered));
+}
+
+/* 32 int32 (4 vectors, in order) -> 32 int8, in order. */
+LB_INLINE __m256i lb_pack_i8(__m256i i0, __m256i i1, __m256i i2, __m256i i3) {
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* max |x| over 32 floats; a NaN is skipped as in the scalar loop (max_ps
+ * returns its second operand when either is NaN). */
+LB_INLINE float lb_absmax32(const float *x) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 32; i += 8) {
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), m);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* The 32 quants of x * id as 4 vectors of int32. */
+LB_INLINE void lb_quant32(const float *x, float id, __m256i q[4]) {
+    const __m256 vid = _mm256_set1_ps(id);
+    for (int i = 0; i < 4; i++) {
+        q[i] = lb_round_q8_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), vid));
+    }
+}
+
+static void lb_x86_quantize_q8_0(const float *src, void *dst, int64_t n) {
+    lb_block_q8_0 *y = (lb_block_q8_0 *)dst;
+    for (int64_t b = 0; b < n / LB_QK8_0; b++) {
+        const float *x = src + b * LB_QK8_0;
+        const float d = lb_absmax32(x) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        __m256i q[4];
+        lb_quant32(x, id, q);
+        y[b].d = lb_fp32_to_fp16(d);
+        _mm256_storeu_si256((__m256i *)y[b].qs, lb_pack_i8(q[0], q[1], q[2], q[3]));
+    }
+}
+
+static void lb_x86_quantize_q8_1(const float *src, void *dst, int64_t n) {
+    lb_block_q8_1 *y = (lb_block_q8_1 *)dst;
+    for (int64_t b = 0; b < n / LB_QK8_1; b++) {
+        const float *x = src + b * LB_QK8_1;
+        const float d = lb_absmax32(x) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        __m256i q[4];
+        lb_quant32(x, id, q);
+        const int32_t sum =
+            lb_hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+        _mm256_storeu_si256((__m256i *)y[b].qs, lb_pack_i8(q[0], q[1], q[2], q[3]));
+        y[b].d = lb_fp32_to_fp16(d);
+        y[b].s = lb_fp32_to_fp16((float)sum * d);
+    }
+}
+
+LB_INLINE int lb_ctz32(uint32_t v) {
+#if defined(_MSC_VER) && !defined(__clang__)
+    unsigned long i;
+    _BitScanForward(&i, v);
+    return (int)i;
+#else
+    return __builtin_ctz(v);
+#endif
+}
+
+static void lb_x86_quantize_q8_K(const float *src, void *dst, int64_t n) {
+    lb_block_q8_K *y = (lb_block_q8_K *)dst;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / LB_QK_K; b++) {
+        const float *x = src + b * LB_QK_K;
+        float amax = 0.0f;
+        for (int i = 0; i < LB_QK_K; i += 32) {
+            const float m = lb_absmax32(x + i);
+            amax = m > amax ? m : amax;
+        }
+        if (amax == 0.0f) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        /* the reference keeps the first element of largest magnitude */
+        float vmax = 0.0f;
+        const __m256 vamax = _mm256_set1_ps(amax);
+        for (int i = 0; i < LB_QK_K; i += 8) {
+            const __m256 ax = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i));
+            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(ax, vamax, _CMP_EQ_OQ));
+            if (hit) {
+                vmax = x[i + lb_ctz32((uint32_t)hit)];
+                break;
+            }
+        }
+        const float iscale = -127.0f / vmax;
+        for (int i = 0; i < LB_QK_K; i += 32) {
+            __m256i q[4];
+            lb_quant32(x + i, iscale, q);
+            _mm256_storeu_si256((__m256i *)(y[b].qs + i), lb_pack_i8(q[0], q[1], q[2], q[3]));
+            y[b].bsums[i / 16] = (int16_t)lb_hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+            y[b].bsums[i / 16 + 1] = (int16_t)lb_hsum_epi32(_mm256_add_epi32(q[2], q[3]));
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+/* ---- entry points ---------------------------------------------------------------
+ * For each kernel K(n, s, ld_s, w, a, a_stride, nc): a vec_dot (nc = 1) and
+ * a multi-row version that instantiates K for each nc up to LB_MULTI_MAX. */
+
+#define LB_X86_ENTRIES(name, K)                                                                             \
+    static void lb_vd_##name(int64_t n, float *s, const void *w, const void *a) { K(n, s, 1, w, a, 0, 1); } \
+    static void lb_vdm_##name(int64_t n, float *s, int64_t ld_s, const void *w, const void *a,             \
+                              size_t a_stride, int nc) {                                                    \
+        for (int c0 = 0; c0 < nc; c0 += LB_MULTI_MAX) {                                                     \
+            const uint8_t *ac = (const uint8_t *)a + (size_t)c0 * a_stride;                                 \
+            switch (nc - c0) {                                                                              \
+            case 1: K(n, s + c0 * ld_s, ld_s, w, ac, a_stride, 1); break;                                   \
+            case 2: K(n, s + c0 * ld_s, ld_s, w, ac, a_stride, 2); break;                                   \
+            case 3: K(n, s + c0 * ld_s, ld_s, w, ac, a_stride, 3); break;                                   \
+            default: K(n, s + c0 * ld_s, ld_s, w, ac, a_stride, 4); break;                                  \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
+#define LB_K_TYPED(fn, type)                                                                                \
+    LB_INLINE void lb_k_##type(int64_t n, float *s, int64_t ld_s, const void *w, const void *a, size_t as, \
+                               const int nc) {                                                              \
+        fn(LB_TYPE_##type, n, s, ld_s, w, a, as, nc);                                                       \
+    }
+
+LB_K_TYPED(lb_dot_float, F32)
+LB_K_TYPED(lb_dot_float, F16)
+LB_K_TYPED(lb_dot_float, BF16)
+LB_K_TYPED(lb_dot32, Q4_0)
+LB_K_TYPED(lb_dot32, Q4_1)
+LB_K_TYPED(lb_dot32, Q5_0)
+LB_K_TYPED(lb_dot32, Q5_1)
+LB_K_TYPED(lb_dot32, Q8_0)
+LB_K_TYPED(lb_dot32, IQ4_NL)
+#undef LB_K_TYPED
+
+LB_INLINE void lb_k_Q4_K(int64_t n, float *s, int64_t ld_s, const void *w, const void *a, size_t as, const int nc) {
+    lb_dot_q45_K(0, n, s, ld_s, w, a, as, nc);
+}
+LB_INLINE void lb_k_Q5_K(int64_t n, float *s, int64_t ld_s, const void *w, const void *a, size_t as, const int nc) {
+    lb_dot_q45_K(1, n, s, ld_s, w, a, as, nc);
+}
+
+LB_X86_ENTRIES(f32, lb_k_F32)
+LB_X86_ENTRIES(f16, lb_k_F16)
+LB_X86_ENTRIES(bf16, lb_k_BF16)
+LB_X86_ENTRIES(q4_0, lb_k_Q4_0)
+LB_X86_ENTRIES(q4_1, lb_k_Q4_1)
+LB_X86_ENTRIES(q5_0, lb_k_Q5_0)
+LB_X86_ENTRIES(q5_1, lb_k_Q5_1)
+LB_X86_ENTRIES(q8_0, lb_k_Q8_0)
+LB_X86_ENTRIES(iq4_nl, lb_k_IQ4_NL)
+LB_X86_ENTRIES(q2_K, lb_dot_q2_K)
+LB_X86_ENTRIES(q3_K, lb_dot_q3_K)
+LB_X86_ENTRIES(q4_K, lb_k_Q4_K)
+LB_X86_ENTRIES(q5_K, lb_k_Q5_K)
+LB_X86_ENTRIES(q6_K, lb_dot_q6_K)
+#undef LB_X86_ENTRIES
+
+/* The designated initialisers of a kernel table's vec_dot, vec_dot_multi
+ * and from_float members. */
+#define LB_X86_TABLE_BODY                                                                                     \
+    .vec_dot = {[LB_TYPE_F32] = lb_vd_f32, [LB_TYPE_F16] = lb_vd_f16, [LB_TYPE_BF16] = lb_vd_bf16,             \
+                [LB_TYPE_Q4_0] = lb_vd_q4_0, [LB_TYPE_Q4_1] = lb_vd_q4_1, [LB_TYPE_Q5_0] = lb_vd_q5_0,         \
+                [LB_TYPE_Q5_1] = lb_vd_q5_1, [LB_TYPE_Q8_0] = lb_vd_q8_0, [LB_TYPE_IQ4_NL] = lb_vd_iq4_nl,     \
+                [LB_TYPE_Q2_K] = lb_vd_q2_K, [LB_TYPE_Q3_K] = lb_vd_q3_K, [LB_TYPE_Q4_K] = lb_vd_q4_K,         \
+                [LB_TYPE_Q5_K] = lb_vd_q5_K, [LB_TYPE_Q6_K] = lb_vd_q6_K},                                     \
+    .vec_dot_multi = {[LB_TYPE_F32] = lb_vdm_f32, [LB_TYPE_F16] = lb_vdm_f16, [LB_TYPE_BF16] = lb_vdm_bf16,    \
+                      [LB_TYPE_Q4_0] = lb_vdm_q4_0, [LB_TYPE_Q4_1] = lb_vdm_q4_1, [LB_TYPE_Q5_0] = lb_vdm_q5_0, \
+                      [LB_TYPE_Q5_1] = lb_vdm_q5_1, [LB_TYPE_Q8_0] = lb_vdm_q8_0,                             \
+                      [LB_TYPE_IQ4_NL] = lb_vdm_iq4_nl, [LB_TYPE_Q2_K] = lb_vdm_q2_K,                         \
+                      [LB_TYPE_Q3_K] = lb_vdm_q3_K, [LB_TYPE_Q4_K] = lb_vdm_q4_K, [LB_TYPE_Q5_K] = lb_vdm_q5_K, \
+                      [LB_TYPE_Q6_K] = lb_vdm_q6_K},                                                          \
+    .from_float = {[LB_TYPE_Q8_0] = lb_x86_quantize_q8_0, [LB_TYPE_Q8_1] = lb_x86_quantize_q8_1,               \
+                   [LB_TYPE_Q8_K] = lb_x86_quantize_q8_K},                                                    \
+    .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy
+
+#endif /* LB_X86_SIMD_H */
