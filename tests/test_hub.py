@@ -395,3 +395,13 @@ def test_worker_download_reports_progress_and_events(fake_hub: FakeHub, tmp_path
     assert entry.source["repo_id"] == "org/tiny-gguf"
     assert progress[-1].stage == "download" and progress[-1].done == progress[-1].total
     assert isinstance(events[-1], hub.DownloadProgress) and events[-1].files_done == 1
+
+
+@pytest.mark.parametrize("name", ["../x.gguf", "a/../../x", "/etc/passwd", "a\\b", "C:x", "a//b", "./a", ""])
+def test_hostile_file_names_are_refused(tmp_path, name):
+    from lowbit.core.errors import DownloadError
+    from lowbit.core.hub import safe_target
+
+    with pytest.raises(DownloadError, match="outside"):
+        safe_target(tmp_path, name)
+    assert safe_target(tmp_path, "sub/model.safetensors") == tmp_path / "sub" / "model.safetensors"

@@ -872,7 +872,7 @@ def download(
         size = meta.size if meta.size is not None else f.size
         if size is None:
             raise DownloadError(f"the Hub did not give the size of {f.name}")
-        target = dest / f.name
+        target = safe_target(dest, f.name)
         entry = known.get(f.name) or {}
         if target.is_file() and target.stat().st_size == size and entry.get("etag") == etag:
             complete.append(target)
@@ -943,6 +943,25 @@ def download(
         seconds=time.monotonic() - t0,
         details=details,
     )
+
+
+def safe_target(dest: Path, name: str) -> Path:
+    """Where a repository file goes inside ``dest``; a name that would land outside it
+    (absolute, ``..``, a drive or backslashes) comes from a hostile listing and is refused.
+
+    Raises:
+        DownloadError: The name points outside ``dest``.
+    """
+    parts = name.split("/")
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or ":" in name
+        or any(x in ("", ".", "..") for x in parts)
+    ):
+        raise DownloadError(f"refusing to download {name!r}: its name points outside the model folder")
+    return dest.joinpath(*parts)
 
 
 def _resolve_url(ep: str, repo_id: str, revision: str, name: str) -> str:
