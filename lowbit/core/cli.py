@@ -415,9 +415,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                 json.dumps({"estimate": True, "method": args.method, "presets": [r.to_dict() for r in rows]})
             )
             return 0
-        print(f"{'preset':8} {'size MiB':>9} {'bits/w':>7} {'est. KLD':>9}")
+        print(f"{'preset':8} {'weights MiB':>11} {'bits/w':>7} {'est. KLD':>9}")
         for r in rows:
-            print(f"{r.preset:8} {r.data_bytes / 2**20:9.1f} {r.bpw:7.2f} {r.kld_estimate:9.4f}")
+            print(f"{r.preset:8} {r.data_bytes / 2**20:11.1f} {r.bpw:7.2f} {r.kld_estimate:9.4f}")
         print("KLD values are estimates from weight error; `lowbit eval` measures them.")
         return 0
 

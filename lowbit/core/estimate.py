@@ -55,7 +55,7 @@ class PresetEstimate:
     def to_dict(self) -> dict[str, Any]:
         return {
             "preset": self.preset,
-            "size_mib": round(self.data_bytes / 2**20, 3),
+            "weights_mib": round(self.data_bytes / 2**20, 3),  # tensor data; the file adds its metadata
             "bpw": round(self.bpw, 4),
             "noise": self.noise,
             "kld_estimate": self.kld_estimate,
