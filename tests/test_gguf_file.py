@@ -131,6 +131,8 @@ def test_a_well_formed_hand_made_file_opens(tmp_path: Path) -> None:
         (0, 1, _s("a") + struct.pack("<IIQ", 9, 8, 1 << 60), "elements"),
         # a float array longer than the file
         (0, 1, _s("a") + struct.pack("<IIQ", 9, 6, 1 << 20), "elements"),
+        # arrays nested 100 deep
+        (0, 1, _s("a") + struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * 100, "deep"),
         # an unknown value type, an unknown array type
         (0, 1, _s("a") + struct.pack("<I", 77), "unknown value type"),
         (0, 1, _s("a") + struct.pack("<IIQ", 9, 77, 1), "unknown array type"),

@@ -30,6 +30,7 @@ from .native import ffi, lib
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_ARRAY_NESTING = 8  # no model key nests at all; a hostile file could nest until Python's stack runs out
 
 # GGUF metadata value types (the file format's ids).
 T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL = range(8)
@@ -181,7 +182,11 @@ class _Cursor:
             return self.array(key)
         raise ModelFormatError(f"{self.name}: metadata key {key!r} has an unknown value type {vtype}")
 
-    def array(self, key: str) -> tuple[list[Any], tuple[int, ...]]:
+    def array(self, key: str, depth: int = 0) -> tuple[list[Any], tuple[int, ...]]:
+        if depth > MAX_ARRAY_NESTING:
+            raise ModelFormatError(
+                f"{self.name}: metadata key {key!r} nests arrays more than {MAX_ARRAY_NESTING} deep"
+            )
         etype = self.u32(f"the array type of {key!r}")
         count = self.u64(f"the array length of {key!r}")
         what = f"the {count} elements of {key!r}"
@@ -204,7 +209,7 @@ class _Cursor:
             flat: list[Any] = []
             inner: tuple[int, ...] = ()
             for _ in range(count):
-                vals, inner = self.array(key)
+                vals, inner = self.array(key, depth + 1)
                 flat.extend(vals)
             return flat, (T_ARRAY, *inner) if inner else (T_ARRAY, T_ARRAY)
         raise ModelFormatError(f"{self.name}: metadata key {key!r} has an unknown array type {etype}")
