@@ -128,25 +128,22 @@ def estimate_presets(
     Returns:
         One estimate per preset, in the order given.
     """
-    from .mixture import relative_error, sample_rows
+    from .mixture import tensor_sensitivities
 
     plans = {p: plan_preset(source, p) for p in presets}
     names = [n for n, t in source.tensors.items() if is_matrix(t)]
-    noise = dict.fromkeys(presets, 0.0)
-    imp = importance or {}
-    for i, name in enumerate(names):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        if progress is not None:
-            progress("estimate", i, len(names), name)
-        t = source.tensors[name]
-        w = sample_rows(source.load(name).reshape(-1, t.shape[-1]), n_sample)
-        by_type: dict[Any, float] = {}
-        for p, plan in plans.items():
-            q = plan.types[name]
-            if q not in by_type:
-                by_type[q] = relative_error(w, q, imp.get(name), n_threads=n_threads)
-            noise[p] += by_type[q]
+    types = {n: {plan.types[n] for plan in plans.values()} for n in names}
+    sens = tensor_sensitivities(
+        source,
+        importance or {},
+        types,
+        n_sample=n_sample,
+        n_threads=n_threads,
+        progress=progress,
+        stage="estimate",
+        cancel=cancel,
+    )
+    noise = {p: sum(sens[n][plan.types[n]] for n in names) for p, plan in plans.items()}
     if progress is not None:
         progress("estimate", len(names), len(names), "")
     return [

@@ -17,7 +17,7 @@ still fits.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,24 +53,28 @@ def relative_error(w: np.ndarray, qtype: QT, importance: np.ndarray | None, *, n
 def tensor_sensitivities(
     source: SourceModel,
     importance: dict[str, np.ndarray],
-    types: list[QT],
+    types: Collection[QT] | Mapping[str, Collection[QT]],
     *,
+    n_sample: int = SAMPLE_ROWS,
     n_threads: int = 1,
     progress: Callable[[str, float, float | None, str], None] | None = None,
+    stage: str = "measure",
     cancel: Any = None,
 ) -> dict[str, dict[QT, float]]:
-    """nsr of every matrix at every usable type in ``types`` (fallbacks applied)."""
+    """nsr of every matrix at every usable type (fallbacks applied) of ``types``: the
+    same types for all matrices, or a mapping from matrix name to its own types."""
     names = [n for n, t in source.tensors.items() if is_matrix(t)]
     out: dict[str, dict[QT, float]] = {}
     for i, name in enumerate(names):
         if cancel is not None:
             cancel.raise_if_cancelled()
         if progress is not None:
-            progress("measure", i, len(names), name)
+            progress(stage, i, len(names), name)
         t = source.tensors[name]
-        w = sample_rows(source.load(name).reshape(-1, t.shape[-1]))
+        w = sample_rows(source.load(name).reshape(-1, t.shape[-1]), n_sample)
+        wanted = types[name] if isinstance(types, Mapping) else types
         usable = sorted(
-            {fallback_type(q, t.shape[-1]) for q in types}, key=lambda q: tensor_bytes(q, t.shape)
+            {fallback_type(q, t.shape[-1]) for q in wanted}, key=lambda q: tensor_bytes(q, t.shape)
         )
         out[name] = {q: relative_error(w, q, importance.get(name), n_threads=n_threads) for q in usable}
     return out
