@@ -176,7 +176,7 @@ def estimate(
     from .convert import open_source
     from .errors import QuantizeError
     from .model import default_threads
-    from .quantize import METHODS, PRESETS, _calibrate
+    from .quantize import METHODS, PRESETS, calibrate
 
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
@@ -186,7 +186,7 @@ def estimate(
     with open_source(src) as source:
         importance = None
         if method != "rtn":
-            _, importance = _calibrate(source, calibration, progress, cancel)
+            _, importance = calibrate(source, calibration, progress, cancel)
         return estimate_presets(
             source,
             presets,

@@ -304,7 +304,7 @@ def quantize_model(
         importance: dict[str, np.ndarray] = {}
         calib = None
         if method == "imatrix" or budget is not None:
-            calib, importance = _calibrate(source, calibration, progress, cancel)
+            calib, importance = calibrate(source, calibration, progress, cancel)
         gptq = None
         if method == "gptq":
             from .gptq import HessianStream
@@ -346,9 +346,14 @@ def _load_calibration(source: SourceModel, calibration: Any) -> Any:
     return load_calibration(calibration, lambda s: tok.encode(s, add_bos=False, parse_special=False))
 
 
-def _calibrate(
+def calibrate(
     source: SourceModel, calibration: Any, progress: ProgressFn | None, cancel: Any
 ) -> tuple[Any, dict[str, np.ndarray]]:
+    """Run the calibration text (None: the built-in one) through ``source``.
+
+    Returns:
+        The calibration text's identity (for provenance) and each matrix's input importance.
+    """
     from .calibrate import collect_importance
 
     calib = _load_calibration(source, calibration)
