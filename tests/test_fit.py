@@ -41,9 +41,12 @@ def test_kv_cache_sizes(tiny: Path) -> None:
 
 @pytest.mark.parametrize("n_ctx", [16, 300, 2048])
 @pytest.mark.parametrize("n_threads", [1, 3])
-def test_cache_and_buffers_match_what_the_library_allocates(tiny: Path, n_ctx: int, n_threads: int) -> None:
-    est = estimate_memory(tiny, n_ctx=n_ctx, n_threads=n_threads)
-    with Model.load(tiny, n_ctx=n_ctx, n_threads=n_threads) as m:
+@pytest.mark.parametrize("cache_type", ["f16", "q8_0"])
+def test_cache_and_buffers_match_what_the_library_allocates(
+    tiny: Path, n_ctx: int, n_threads: int, cache_type: str
+) -> None:
+    est = estimate_memory(tiny, n_ctx=n_ctx, n_threads=n_threads, cache_type=cache_type)
+    with Model.load(tiny, n_ctx=n_ctx, n_threads=n_threads, kv_type=cache_type) as m:
         assert est.kv_bytes + est.scratch_bytes == m.stats().state_bytes
         assert est.weights_bytes == sum(t.nbytes for t in m.file.tensors.values())
 

@@ -140,13 +140,16 @@ def make_tiny_model(
     llama3_rope: bool = False,
     seed: int = 0,
     n_layer: int = 2,
+    n_embd: int = 256,
+    n_head: int = 4,
+    n_head_kv: int = 2,
     with_vocab: bool = True,
     with_template: bool = True,
     drop_keys: tuple[str, ...] = (),
 ) -> TinyModel:
-    """Write a small random model. Width 256 so every block type fits."""
+    """Write a small random model. Width 256 by default, so every block type fits."""
     rng = np.random.default_rng(seed)
-    n_embd, n_head, n_head_kv, n_ff = 256, 4, 2, 512
+    n_ff = 512
     head_dim = n_embd // n_head
     byte_chars = _byte_chars()
     extra = ["Ġt", "he", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]

@@ -6,9 +6,12 @@ store them permuted so that RoPE rotates adjacent pairs), and RoPE then
 rotates halves (``rotate_half``). Agreement with Lowbit therefore also checks
 that the GGUF conventions are handled right.
 
-Computation is float64. Two optional emulations model what Lowbit documents
+Computation is float64. Optional emulations model what Lowbit documents
 about its numerics, so tight tolerances can be used:
-- ``kv_fp16``: keys and values are rounded to float16 (the KV cache type);
+- ``kv_fp16``: keys and values are rounded to float16 (the F16 KV cache);
+- ``kv_q8_0``: keys, values and the queries that meet the keys are rounded
+  through Q8_0 blocks of 32, each head on its own, in GGUF's element order
+  (the Q8_0 KV cache);
 - ``act_quant``: a weight's input is rounded the way Lowbit encodes activations
   for integer dot products (Q8_0/Q8_1 blocks of 32, Q8_K blocks of 256).
 """
@@ -81,6 +84,7 @@ def forward(
     inv_freq: np.ndarray | None = None,
     weight_types: dict[str, str] | None = None,
     kv_fp16: bool = False,
+    kv_q8_0: bool = False,
     act_quant: bool = False,
 ) -> np.ndarray:
     """Logits [len(tokens), vocab] of a causal forward pass over all tokens."""
@@ -110,6 +114,18 @@ def forward(
         (lambda a: a.to(torch.float16).to(torch.float64)) if kv_fp16 else (lambda a: a)
     )
 
+    def q8_heads(a: torch.Tensor, permuted: bool) -> torch.Tensor:
+        """a [seq, heads, head_dim] through Q8_0 blocks of each head as GGUF orders it."""
+        if not kv_q8_0:
+            return a
+        s_, h_, d_ = a.shape
+        if not permuted:
+            return fake_quant(a.contiguous(), "Q8_0")
+        # Hugging Face index j * d/2 + i is GGUF's 2i + j (see unpermute_qk)
+        g = a.reshape(s_, h_, 2, d_ // 2).transpose(-1, -2).reshape(s_, h_, d_)
+        g = fake_quant(g.contiguous(), "Q8_0")
+        return g.reshape(s_, h_, d_ // 2, 2).transpose(-1, -2).reshape(s_, h_, d_)
+
     for i in range(n_layer):
         p = f"blk.{i}."
         h = rmsnorm(x, weights[p + "attn_norm.weight"])
@@ -129,6 +145,7 @@ def forward(
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k, v = round16(k), round16(v)
+        q, k, v = q8_heads(q, arch == "llama"), q8_heads(k, arch == "llama"), q8_heads(v, False)
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
         att = torch.einsum("qhd,khd->hqk", q, k) / np.sqrt(head_dim) + mask

@@ -54,6 +54,7 @@ class BenchResult:
     bandwidth_gbs: float  # measured memory read bandwidth, 1 GB = 1e9 bytes
     roofline_pct: float  # decode speed as a share of bandwidth / bytes_per_token
     isa: str | None  # the kernel library's instruction set, when it reports one
+    kv_type: str = "f16"  # the KV cache type
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON-ready values, floats rounded for display."""
@@ -294,6 +295,7 @@ def benchmark(
     bandwidth_gbs: float | None = None,
     progress: ProgressFn | None = None,
     cancel: Any = None,
+    kv_type: str = "f16",
 ) -> BenchResult:
     """Measure prompt and decode speed, peak memory and the memory roofline of a model.
 
@@ -310,6 +312,7 @@ def benchmark(
         bandwidth_gbs: A bandwidth measured before, to skip measuring it again.
         progress: Called with (stage, done, total, message).
         cancel: An object with ``raise_if_cancelled()`` (e.g. engine.CancelToken).
+        kv_type: KV cache type, "f16" or "q8_0".
 
     Returns:
         The measurements.
@@ -321,13 +324,14 @@ def benchmark(
         TokenizerError: The model has no usable vocabulary.
         ContextFullError: The prompt and generated tokens exceed the model's context.
         CancelledError: ``cancel`` was cancelled.
-        ValueError: A count below 1.
+        ValueError: A count below 1, or an unknown KV cache type.
     """
     from .gguf_file import open_gguf
-    from .model import Model, default_threads, read_hparams
+    from .model import Model, check_kv_type, default_threads, read_hparams
 
     if prompt_tokens < 1 or gen_tokens < 1 or reps < 1:
         raise ValueError("prompt tokens, generated tokens and repetitions must be at least 1")
+    kv_type = check_kv_type(kv_type)
     n_threads = n_threads or default_threads()
     report = progress or (lambda *a: None)
 
@@ -346,7 +350,7 @@ def benchmark(
             needed=needed,
             n_ctx=hp.n_ctx_train,
         )
-    with Model.load(gf, n_ctx=max(8, needed), n_threads=n_threads) as model:
+    with Model.load(gf, n_ctx=max(8, needed), n_threads=n_threads, kv_type=kv_type) as model:
         prompt = synthetic_prompt(model.tokenizer, prompt_tokens)
         n_real = min(model.tokenizer.vocab_size, model.n_vocab)
 
@@ -389,4 +393,5 @@ def benchmark(
         bandwidth_gbs=bandwidth_gbs,
         roofline_pct=100 * bpt * decode_tps / (bandwidth_gbs * 1e9) if bandwidth_gbs > 0 else 0.0,
         isa=native_isa(),
+        kv_type=kv_type,
     )

@@ -20,6 +20,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=None, help="context length in tokens")
 
 
+def _add_kv_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kv-type",
+        choices=["f16", "q8_0"],
+        default="f16",
+        type=str.lower,
+        help="KV cache type: q8_0 takes about half the memory of f16 (default: f16)",
+    )
+
+
 def _add_sampling_options(p: argparse.ArgumentParser, *, temperature: float) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default: 256)")
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
@@ -53,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="complete a prompt")
     _add_model_options(g)
+    _add_kv_option(g)
     g.add_argument("--prompt", required=True, help="the prompt text")
     g.add_argument(
         "--chat", action="store_true", help="send the prompt as a user message via the chat template"
@@ -62,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("chat", help="interactive multi-turn chat")
     _add_model_options(c)
+    _add_kv_option(c)
     c.add_argument("--system", default=None, help="system prompt")
     _add_sampling_options(c, temperature=0.7)
 
@@ -163,7 +175,12 @@ def _rss_mib() -> float:
 def _load(args: argparse.Namespace, **extra: Any) -> Any:
     from .model import Model
 
-    return Model.load(args.model, n_ctx=extra.get("n_ctx", args.ctx), n_threads=args.threads)
+    return Model.load(
+        args.model,
+        n_ctx=extra.get("n_ctx", args.ctx),
+        n_threads=args.threads,
+        kv_type=args.kv_type,
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -208,6 +225,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     "rss_after_load_mib": round(rss_load, 1),
                     "rss_mib": round(_rss_mib(), 1),
                     "n_threads": model.n_threads,
+                    "kv_type": model.kv_type,
                 }
             )
         )
@@ -230,7 +248,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     worker = Worker()
     try:
         print(f"Loading {args.model} ...", file=sys.stderr)
-        model = worker.load_model(args.model, n_ctx=args.ctx, n_threads=args.threads).result()
+        model = worker.load_model(
+            args.model, n_ctx=args.ctx, n_threads=args.threads, kv_type=args.kv_type
+        ).result()
         if model.chat_template is None:
             print("lowbit: this model has no chat template; use 'lowbit generate' instead", file=sys.stderr)
             return 1

@@ -25,12 +25,13 @@ from .errors import (
     TokenizerError,
     UnsupportedModelError,
 )
+from .fit import KV_CACHE_TYPES
 from .gguf_file import GGUFFile, open_gguf
 from .native import LB_ERR_INVALID_ARGUMENT, LB_ERR_UNSUPPORTED, check, ffi, last_error, lib
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 DEFAULT_CONTEXT = 4096
-KV_BYTES_PER_VALUE = 2  # F16 cache
+KV_TYPE_IDS = {"f16": 1, "q8_0": 8}  # KV cache types and their GGML type ids
 
 _ROLES_GLOBAL = {
     "token_embd.weight": 0,
@@ -85,8 +86,22 @@ class HParams:
     rope_neox: bool
     rope_pos_scale: float
 
-    def kv_bytes_per_token(self) -> int:
-        return 2 * self.n_layer * self.n_head_kv * self.head_dim * KV_BYTES_PER_VALUE
+    def kv_bytes_per_token(self, kv_type: str = "f16") -> int:
+        """Bytes the K and V caches hold per token, over every layer."""
+        block, values = KV_CACHE_TYPES[check_kv_type(kv_type)]
+        return 2 * self.n_layer * self.n_head_kv * -(-self.head_dim // values) * block
+
+
+def check_kv_type(kv_type: str) -> str:
+    """The KV cache type's canonical name ("f16" or "q8_0"), from any case.
+
+    Raises:
+        ValueError: Not a KV cache type Lowbit has.
+    """
+    name = kv_type.lower() if isinstance(kv_type, str) else None
+    if name is None or name not in KV_TYPE_IDS:
+        raise ValueError(f"unknown KV cache type {kv_type!r}; use one of {', '.join(KV_TYPE_IDS)}")
+    return name
 
 
 def _meta(md: dict[str, Any], key: str, kind: type, *, default: Any = None, required: bool = True) -> Any:
@@ -188,6 +203,7 @@ class Model:
         n_batch: int,
         tokenizer: Any,
         chat_template: Any,
+        kv_type: str = "f16",
     ) -> None:
         self.file = gf
         self.path = gf.path
@@ -195,6 +211,7 @@ class Model:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_batch = n_batch
+        self.kv_type = check_kv_type(kv_type)
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
@@ -214,6 +231,7 @@ class Model:
         n_threads: int | None = None,
         n_batch: int = 256,
         tokenizer_json: str | Path | None = None,
+        kv_type: str = "f16",
     ) -> Model:
         """Load a GGUF model.
 
@@ -224,6 +242,9 @@ class Model:
             n_batch: Tokens per internal step when processing a prompt.
             tokenizer_json: A Hugging Face ``tokenizer.json`` to use instead of the
                 vocabulary in the file.
+            kv_type: KV cache type, "f16" or "q8_0" (any case). Q8_0 keeps keys and
+                values as 8-bit blocks of 32 (about half the memory of F16) and needs a
+                head size that is a multiple of 32.
 
         Returns:
             The loaded model.
@@ -231,14 +252,16 @@ class Model:
         Raises:
             ModelNotFoundError: The file does not exist.
             ModelFormatError: The file is damaged or lacks required metadata.
-            UnsupportedModelError: Unknown architecture or tensor type.
+            UnsupportedModelError: Unknown architecture or tensor type, or a KV cache
+                type the model's head size does not allow.
             TokenizerError: The model has no usable vocabulary.
-            ValueError: A setting out of range.
+            ValueError: A setting out of range, or an unknown KV cache type.
         """
         from .chat import ChatTemplate
         from .errors import ChatTemplateError
         from .tokenizer import Tokenizer
 
+        kv_type = check_kv_type(kv_type)
         gf = path if isinstance(path, GGUFFile) else open_gguf(path)
         hp = read_hparams(gf)
         if tokenizer_json is not None:
@@ -276,6 +299,7 @@ class Model:
             n_batch=n_batch,
             tokenizer=tok,
             chat_template=template,
+            kv_type=kv_type,
         )
 
     def _create(self) -> None:
@@ -297,9 +321,12 @@ class Model:
         cfg.n_ctx = self.n_ctx
         cfg.n_batch = min(self.n_batch, self.n_ctx)
         cfg.n_threads = self.n_threads
-        cfg.kv_type = 1
+        cfg.kv_type = KV_TYPE_IDS[self.kv_type]
         out = ffi.new("lb_model **")
-        check(lib.lb_model_create(cfg, out), "cannot create the model")
+        status = lib.lb_model_create(cfg, out)
+        if status == LB_ERR_UNSUPPORTED:  # e.g. a KV cache type the head size does not allow
+            raise UnsupportedModelError(f"{self.path.name}: {last_error()}")
+        check(status, "cannot create the model")
         self._ptr = out[0]
         try:
             self._attach_tensors()
@@ -450,6 +477,7 @@ class Model:
             "n_ctx": self.n_ctx,
             "n_ctx_train": self.hparams.n_ctx_train,
             "n_threads": self.n_threads,
+            "kv_type": self.kv_type,
         }
 
     def close(self) -> None:

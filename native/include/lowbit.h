@@ -162,7 +162,7 @@ typedef struct lb_model_config {
     int32_t n_ctx;         /* KV cache length in tokens */
     int32_t n_batch;       /* tokens per internal step of a long prompt */
     int32_t n_threads;     /* worker threads, >= 1 */
-    int32_t kv_type;       /* LB_TYPE_F16 */
+    int32_t kv_type;       /* LB_TYPE_F16, or LB_TYPE_Q8_0 (head_dim a multiple of 32) */
 } lb_model_config;
 
 /* What a tensor is to the model. Per-layer roles take a layer index; the
@@ -206,7 +206,12 @@ lb_status lb_model_set_tensor(lb_model *m, int32_t role, int32_t layer,
                               const void *data, size_t nbytes);
 
 /* Check that every required tensor is attached and allocate the KV cache,
- * scratch buffers and thread pool. After this, lb_forward allocates nothing. */
+ * scratch buffers and thread pool. After this, lb_forward allocates nothing.
+ * An F16 cache keeps each key and value rounded to fp16. A Q8_0 cache keeps
+ * each head's slice of a key or value row as Q8_0 blocks (GGML's reference
+ * encoding); attention then encodes each query head to Q8_0 too, takes
+ * integer dot products with the keys' blocks, and sums the values' decoded
+ * blocks weighted by the softmax. */
 lb_status lb_model_ready(lb_model *m);
 
 /* Run tokens[0..n_tokens) at positions pos..pos+n_tokens-1. pos may be at most

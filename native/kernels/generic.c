@@ -339,3 +339,18 @@ void lb_attn_axpy_ref(int64_t n, float w, const uint16_t *v, float *o) {
         o[i] += w * lb_fp16_to_fp32(v[i]);
     }
 }
+
+void lb_attn_wsum_q8_0_ref(int64_t n, int64_t n_keys, const float *w, const void *v, size_t v_stride, float *o) {
+    for (int64_t i = 0; i < n; i++) {
+        o[i] = 0.0f;
+    }
+    for (int64_t p = 0; p < n_keys; p++) {
+        const lb_block_q8_0 *x = (const lb_block_q8_0 *)((const uint8_t *)v + (size_t)p * v_stride);
+        for (int64_t b = 0; b < n / LB_QK8_0; b++) {
+            const float wd = w[p] * lb_fp16_to_fp32(x[b].d);
+            for (int j = 0; j < LB_QK8_0; j++) {
+                o[b * LB_QK8_0 + j] += wd * (float)x[b].qs[j];
+            }
+        }
+    }
+}

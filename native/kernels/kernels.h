@@ -76,6 +76,20 @@ typedef void (*lb_attn_axpy_fn)(int64_t n, float w, const uint16_t *v, float *o)
 float lb_attn_dot_ref(int64_t n, const float *q, const uint16_t *k);
 void lb_attn_axpy_ref(int64_t n, float w, const uint16_t *v, float *o);
 
+/* Attention over a Q8_0 KV cache, n (a whole number of blocks) values per
+ * head. Scores: s[p] = the Q8_0 vec_dot of the query q (encoded to Q8_0) with
+ * key row p (at k + p * k_stride bytes), for p < n_keys: exactly
+ * lb_vec_dot_q8_0_q8_0's value, whatever the path. Output: o[0..n) = the sum
+ * over p < n_keys, in order, of (w[p] * d) * q[i], where q and d are the
+ * quants and fp16 scale of the block of value row p (at v + p * v_stride)
+ * that holds element i; each product and sum is rounded on its own, starting
+ * from o = 0, so every path gives the same floats here too. */
+typedef void (*lb_attn_scores_q8_0_fn)(int64_t n, int64_t n_keys, const void *q, const void *k, size_t k_stride,
+                                       float *s);
+typedef void (*lb_attn_wsum_q8_0_fn)(int64_t n, int64_t n_keys, const float *w, const void *v, size_t v_stride,
+                                     float *o);
+void lb_attn_wsum_q8_0_ref(int64_t n, int64_t n_keys, const float *w, const void *v, size_t v_stride, float *o);
+
 /* One instruction-set path: its kernels, indexed by type id. A NULL entry
  * means the scalar reference serves that type. */
 typedef struct lb_kernels {
@@ -86,6 +100,8 @@ typedef struct lb_kernels {
                                                    the reference ones */
     lb_attn_dot_fn attn_dot;                   /* NULL: the reference */
     lb_attn_axpy_fn attn_axpy;
+    lb_attn_scores_q8_0_fn attn_scores_q8_0;  /* NULL: the path's Q8_0 vec_dot, key by key */
+    lb_attn_wsum_q8_0_fn attn_wsum_q8_0;      /* NULL: the reference */
 } lb_kernels;
 
 /* The active path, chosen on first use from the CPU and LOWBIT_ISA. Never

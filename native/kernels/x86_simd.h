@@ -546,6 +546,99 @@ static void lb_x86_attn_axpy(int64_t n, float w, const uint16_t *v, float *o) {
     }
 }
 
+/* Lane i = the sum of the 8 lanes of p[i]. */
+LB_INLINE __m256i lb_reduce8(const __m256i p[8]) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* Scores of nk keys (1..8, the rows at k + c * k_stride) as the lanes of one
+ * vector. Keys go across the lanes rather than blocks, so each block's float
+ * steps, (float)isum * (dq * dk) added to the key's sum in block order, are
+ * the reference's for 8 keys at once. */
+LB_INLINE __m256 lb_scores8_q8_0(const int nk, int64_t nb, const lb_block_q8_0 *q, const uint8_t *k,
+                                 size_t k_stride) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m256i qv = lb_loadu256(q[b].qs);
+        const __m256i qa = _mm256_sign_epi8(qv, qv);
+        __m256i p[8];
+        uint16_t hk[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {
+            if (c < nk) {
+                const lb_block_q8_0 *kb = (const lb_block_q8_0 *)(k + (size_t)c * k_stride) + b;
+                p[c] = lb_mul_u8s8(qa, _mm256_sign_epi8(lb_loadu256(kb->qs), qv));
+                hk[c] = kb->d;
+            } else {
+                p[c] = _mm256_setzero_si256();
+            }
+        }
+        const __m256 dk = _mm256_cvtph_ps(_mm_setr_epi16((short)hk[0], (short)hk[1], (short)hk[2], (short)hk[3],
+                                                         (short)hk[4], (short)hk[5], (short)hk[6], (short)hk[7]));
+        const __m256 dd = _mm256_mul_ps(_mm256_set1_ps(lb_h2f(q[b].d)), dk);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(lb_reduce8(p)), dd));
+    }
+    return acc;
+}
+
+static void lb_x86_attn_scores_q8_0(int64_t n, int64_t n_keys, const void *q, const void *k, size_t k_stride,
+                                    float *s) {
+    const int64_t nb = n / LB_QK8_0;
+    const uint8_t *kr = (const uint8_t *)k;
+    int64_t p = 0;
+    for (; p + 8 <= n_keys; p += 8) {
+        _mm256_storeu_ps(s + p, lb_scores8_q8_0(8, nb, (const lb_block_q8_0 *)q, kr + (size_t)p * k_stride, k_stride));
+    }
+    if (p < n_keys) {
+        const int nk = (int)(n_keys - p);
+        float tmp[8];
+        _mm256_storeu_ps(tmp, lb_scores8_q8_0(nk, nb, (const lb_block_q8_0 *)q, kr + (size_t)p * k_stride, k_stride));
+        memcpy(s + p, tmp, (size_t)nk * sizeof *s);
+    }
+}
+
+/* 8 int8 -> 8 floats. */
+LB_INLINE __m256 lb_i8x8_ps(const int8_t *q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+}
+
+/* Blocks b0..b0+cnt-1 (cnt 1 or 2) of the output, held in registers over
+ * every key: the reference's operations per element, in key order. */
+LB_INLINE void lb_wsum_q8_0_blocks(const int cnt, int64_t b0, int64_t n_keys, const float *w, const void *v,
+                                   size_t v_stride, float *o) {
+    __m256 acc[8];
+    for (int i = 0; i < 8; i++) {
+        acc[i] = _mm256_setzero_ps();
+    }
+    for (int64_t p = 0; p < n_keys; p++) {
+        const lb_block_q8_0 *x = (const lb_block_q8_0 *)((const uint8_t *)v + (size_t)p * v_stride) + b0;
+        LB_UNROLL
+        for (int i = 0; i < cnt; i++) {
+            const __m256 wd = _mm256_set1_ps(w[p] * lb_h2f(x[i].d));
+            LB_UNROLL
+            for (int k = 0; k < 4; k++) {
+                acc[4 * i + k] = _mm256_add_ps(acc[4 * i + k], _mm256_mul_ps(wd, lb_i8x8_ps(x[i].qs + 8 * k)));
+            }
+        }
+    }
+    for (int i = 0; i < 4 * cnt; i++) {
+        _mm256_storeu_ps(o + b0 * LB_QK8_0 + 8 * i, acc[i]);
+    }
+}
+
+static void lb_x86_attn_wsum_q8_0(int64_t n, int64_t n_keys, const float *w, const void *v, size_t v_stride,
+                                  float *o) {
+    const int64_t nb = n / LB_QK8_0;
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        lb_wsum_q8_0_blocks(2, b, n_keys, w, v, v_stride, o);
+    }
+    if (b < nb) {
+        lb_wsum_q8_0_blocks(1, b, n_keys, w, v, v_stride, o);
+    }
+}
+
 /* ---- activation encoders -----------------------------------------------------
  * Byte for byte the reference encoders of quants.c: the same float
  * operations (max |x|, d = max / 127, x * (1 / d)), and roundf's rounding
@@ -742,6 +835,7 @@ LB_X86_ENTRIES(q6_K, lb_dot_q6_K)
                       [LB_TYPE_Q6_K] = lb_vdm_q6_K},                                                          \
     .from_float = {[LB_TYPE_Q8_0] = lb_x86_quantize_q8_0, [LB_TYPE_Q8_1] = lb_x86_quantize_q8_1,               \
                    [LB_TYPE_Q8_K] = lb_x86_quantize_q8_K},                                                    \
-    .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy
+    .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy,                                                \
+    .attn_scores_q8_0 = lb_x86_attn_scores_q8_0, .attn_wsum_q8_0 = lb_x86_attn_wsum_q8_0
 
 #endif /* LB_X86_SIMD_H */

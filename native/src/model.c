@@ -49,9 +49,13 @@ struct lb_model {
     int32_t n_past;
     atomic_int cancel;
 
-    /* KV cache, fp16: [n_layer][n_ctx][kv_dim] each */
-    uint16_t *k_cache;
-    uint16_t *v_cache;
+    /* KV cache: [n_layer][n_ctx] rows of kv_row bytes each, a row holding
+     * kv_dim values of cfg.kv_type (fp16 values, or Q8_0 blocks that never
+     * straddle two heads) */
+    uint8_t *k_cache;
+    uint8_t *v_cache;
+    size_t kv_row;
+    size_t head_row;            /* bytes of one head's slice of a row */
 
     /* scratch, [n_batch][...] row-major */
     float *x;                   /* [n_batch][n_embd] residual stream */
@@ -65,6 +69,7 @@ struct lb_model {
     float *rope_cs;             /* [n_batch][rope_dim]: cos, sin interleaved */
     double *inv_freq;           /* [rope_dim/2] */
     float *att;                 /* [n_threads][n_ctx] attention scores */
+    uint8_t *q8;                /* Q8_0 cache: [n_threads][head_row] one query head, encoded */
     uint8_t *act;               /* encoded activations: [n_batch][act_row_max] */
     size_t act_row_max;
     size_t state_bytes;
@@ -103,8 +108,13 @@ static lb_status lb_check_config(const lb_model_config *c) {
         return lb_fail(LB_ERR_INVALID_ARGUMENT, "context %d, batch %d and threads %d must be >= 1",
                        c->n_ctx, c->n_batch, c->n_threads);
     }
-    if (c->kv_type != LB_TYPE_F16) {
-        return lb_fail(LB_ERR_UNSUPPORTED, "KV cache type %d is not supported (F16 only)", c->kv_type);
+    if (c->kv_type != LB_TYPE_F16 && c->kv_type != LB_TYPE_Q8_0) {
+        return lb_fail(LB_ERR_UNSUPPORTED, "KV cache type %d is not supported (F16 or Q8_0)", c->kv_type);
+    }
+    /* Q8_0 rows are encoded and read a head at a time, so a head must be whole blocks. */
+    if (c->kv_type == LB_TYPE_Q8_0 && c->head_dim % LB_QK8_0 != 0) {
+        return lb_fail(LB_ERR_UNSUPPORTED, "a Q8_0 KV cache needs a head dimension that is a multiple of %d, not %d",
+                       LB_QK8_0, c->head_dim);
     }
     /* Keep every buffer size well inside size_t and int64 arithmetic. */
     const double kv = 2.0 * c->n_layer * (double)c->n_ctx * c->n_head_kv * c->head_dim * 2.0;
@@ -298,11 +308,14 @@ lb_status lb_model_ready(lb_model *m) {
     m->act_row_max = act;
 
     const size_t nb = (size_t)c->n_batch;
-    const size_t kv_elems = (size_t)c->n_layer * (size_t)c->n_ctx * (size_t)m->kv_dim;
+    const int q8_kv = c->kv_type == LB_TYPE_Q8_0;
+    m->kv_row = lb_row_bytes(c->kv_type, m->kv_dim);
+    m->head_row = lb_row_bytes(c->kv_type, c->head_dim);
+    const size_t kv_rows = (size_t)c->n_layer * (size_t)c->n_ctx;
     const size_t xn_w = (size_t)(c->n_embd > m->q_dim ? c->n_embd : m->q_dim);
     size_t total = 0;
-    m->k_cache = (uint16_t *)lb_alloc(kv_elems, sizeof(uint16_t), &total);
-    m->v_cache = (uint16_t *)lb_alloc(kv_elems, sizeof(uint16_t), &total);
+    m->k_cache = (uint8_t *)lb_alloc(kv_rows, m->kv_row, &total);
+    m->v_cache = (uint8_t *)lb_alloc(kv_rows, m->kv_row, &total);
     m->x = (float *)lb_alloc(nb * (size_t)c->n_embd, sizeof(float), &total);
     m->xn = (float *)lb_alloc(nb * xn_w, sizeof(float), &total);
     m->q = (float *)lb_alloc(nb * (size_t)m->q_dim, sizeof(float), &total);
@@ -315,8 +328,11 @@ lb_status lb_model_ready(lb_model *m) {
     m->inv_freq = (double *)lb_alloc((size_t)c->rope_dim / 2, sizeof(double), &total);
     m->att = (float *)lb_alloc((size_t)c->n_threads * (size_t)c->n_ctx, sizeof(float), &total);
     m->act = (uint8_t *)lb_alloc(nb, act, &total);
+    if (q8_kv) {
+        m->q8 = (uint8_t *)lb_alloc((size_t)c->n_threads, m->head_row, &total);
+    }
     if (!m->k_cache || !m->v_cache || !m->x || !m->xn || !m->q || !m->k || !m->v || !m->tmp || !m->gate ||
-        !m->up || !m->rope_cs || !m->inv_freq || !m->att || !m->act) {
+        !m->up || !m->rope_cs || !m->inv_freq || !m->att || !m->act || (q8_kv && !m->q8)) {
         return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the KV cache and buffers (%.1f MiB)",
                        (double)total / (1024.0 * 1024.0));
     }
@@ -363,6 +379,7 @@ void lb_model_free(lb_model *m) {
     free(m->inv_freq);
     free(m->att);
     free(m->act);
+    free(m->q8);
     free(m);
 }
 
@@ -579,9 +596,42 @@ typedef struct lb_attn_job {
     int layer;
     int32_t pos0;
     int64_t n_tok;
-    lb_attn_dot_fn dot;
+    lb_attn_dot_fn dot;         /* F16 cache */
     lb_attn_axpy_fn axpy;
+    lb_from_float_fn q8_encode; /* Q8_0 cache */
+    lb_attn_scores_q8_0_fn q8_scores; /* NULL: q8_dot key by key */
+    lb_vec_dot_fn q8_dot;
+    lb_attn_wsum_q8_0_fn q8_wsum;
 } lb_attn_job;
+
+/* Scores q.k * scale of one query head against n_keys cached keys. */
+static void lb_attn_scores(const lb_attn_job *j, const float *q, const uint8_t *kc, int64_t n_keys, float scale,
+                           float *sc, int tid) {
+    const lb_model *m = j->m;
+    const int hd = m->cfg.head_dim;
+    if (m->cfg.kv_type == LB_TYPE_Q8_0) {
+        /* Encode the query once, as the matrix kernels encode their inputs,
+         * and take integer dot products with the keys' blocks. */
+        uint8_t *qq = m->q8 + (size_t)tid * m->head_row;
+        j->q8_encode(q, qq, hd);
+        if (j->q8_scores) {
+            j->q8_scores(hd, n_keys, qq, kc, m->kv_row, sc);
+        } else {
+            for (int64_t p = 0; p < n_keys; p++) {
+                j->q8_dot(hd, &sc[p], qq, kc + (size_t)p * m->kv_row);
+            }
+        }
+        for (int64_t p = 0; p < n_keys; p++) {
+            sc[p] *= scale;
+        }
+        return;
+    }
+    for (int64_t p = 0; p < n_keys; p++) {
+        float d = j->dot(hd, q, (const uint16_t *)(kc + (size_t)p * m->kv_row));
+        d *= scale;
+        sc[p] = d;
+    }
+}
 
 /* One (token, head) pair: causal attention over the cache. */
 static void lb_attn_task(void *ctx, int64_t task, int tid) {
@@ -594,20 +644,16 @@ static void lb_attn_task(void *ctx, int64_t task, int tid) {
     const int hd = c->head_dim;
     const int64_t n_keys = (int64_t)j->pos0 + t + 1;
     const float *q = m->q + t * m->q_dim + (int64_t)h * hd;
-    const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * (size_t)m->kv_dim;
-    const uint16_t *kc = m->k_cache + layer_off + (size_t)kvh * hd;
-    const uint16_t *vc = m->v_cache + layer_off + (size_t)kvh * hd;
+    const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * m->kv_row;
+    const uint8_t *kc = m->k_cache + layer_off + (size_t)kvh * m->head_row;
+    const uint8_t *vc = m->v_cache + layer_off + (size_t)kvh * m->head_row;
     float *sc = m->att + (size_t)tid * (size_t)c->n_ctx;
     const float scale = 1.0f / sqrtf((float)hd);
-    const lb_attn_dot_fn dot = j->dot;
-    const lb_attn_axpy_fn axpy = j->axpy;
 
+    lb_attn_scores(j, q, kc, n_keys, scale, sc, tid);
     float mx = -INFINITY;
     for (int64_t p = 0; p < n_keys; p++) {
-        float d = dot(hd, q, kc + (size_t)p * m->kv_dim);
-        d *= scale;
-        sc[p] = d;
-        mx = d > mx ? d : mx;
+        mx = sc[p] > mx ? sc[p] : mx;
     }
     float sum = 0.0f;
     for (int64_t p = 0; p < n_keys; p++) {
@@ -616,11 +662,18 @@ static void lb_attn_task(void *ctx, int64_t task, int tid) {
     }
     const float inv = 1.0f / sum;
     float *o = m->xn + t * m->q_dim + (int64_t)h * hd;
+    if (c->kv_type == LB_TYPE_Q8_0) {
+        for (int64_t p = 0; p < n_keys; p++) {
+            sc[p] *= inv;
+        }
+        j->q8_wsum(hd, n_keys, sc, vc, m->kv_row, o);
+        return;
+    }
     for (int i = 0; i < hd; i++) {
         o[i] = 0.0f;
     }
     for (int64_t p = 0; p < n_keys; p++) {
-        axpy(hd, sc[p] * inv, vc + (size_t)p * m->kv_dim, o);
+        j->axpy(hd, sc[p] * inv, (const uint16_t *)(vc + (size_t)p * m->kv_row), o);
     }
 }
 
@@ -684,7 +737,9 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
         lb_add_bias(m->k, &L->bk, n_tok, m->kv_dim);
         lb_add_bias(m->v, &L->bv, n_tok, m->kv_dim);
 
-        const size_t layer_off = (size_t)l * (size_t)c->n_ctx * (size_t)m->kv_dim;
+        const lb_kernels *kern = lb_kernels_active();
+        const lb_from_float_fn q8_encode = lb_kernel_from_float(kern, LB_TYPE_Q8_0);
+        const size_t layer_off = (size_t)l * (size_t)c->n_ctx * m->kv_row;
         for (int64_t t = 0; t < n_tok; t++) {
             const float *cs = m->rope_cs + t * c->rope_dim;
             for (int h = 0; h < c->n_head; h++) {
@@ -693,16 +748,22 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
             for (int h = 0; h < c->n_head_kv; h++) {
                 lb_rope_head(m->k + t * m->kv_dim + (int64_t)h * c->head_dim, cs, c->rope_dim, c->rope_kind);
             }
-            uint16_t *kd = m->k_cache + layer_off + (size_t)(pos0 + t) * (size_t)m->kv_dim;
-            uint16_t *vd = m->v_cache + layer_off + (size_t)(pos0 + t) * (size_t)m->kv_dim;
+            uint8_t *kd = m->k_cache + layer_off + (size_t)(pos0 + t) * m->kv_row;
+            uint8_t *vd = m->v_cache + layer_off + (size_t)(pos0 + t) * m->kv_row;
+            if (c->kv_type == LB_TYPE_Q8_0) {
+                q8_encode(m->k + t * m->kv_dim, kd, m->kv_dim);
+                q8_encode(m->v + t * m->kv_dim, vd, m->kv_dim);
+                continue;
+            }
             for (int64_t i = 0; i < m->kv_dim; i++) {
-                kd[i] = lb_fp32_to_fp16(m->k[t * m->kv_dim + i]);
-                vd[i] = lb_fp32_to_fp16(m->v[t * m->kv_dim + i]);
+                ((uint16_t *)kd)[i] = lb_fp32_to_fp16(m->k[t * m->kv_dim + i]);
+                ((uint16_t *)vd)[i] = lb_fp32_to_fp16(m->v[t * m->kv_dim + i]);
             }
         }
-        const lb_kernels *kern = lb_kernels_active();
         lb_attn_job aj = {m, l, pos0, n_tok, kern->attn_dot ? kern->attn_dot : lb_attn_dot_ref,
-                          kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref};
+                          kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref, q8_encode, kern->attn_scores_q8_0,
+                          lb_kernel_vec_dot(kern, LB_TYPE_Q8_0),
+                          kern->attn_wsum_q8_0 ? kern->attn_wsum_q8_0 : lb_attn_wsum_q8_0_ref};
         lb_pool_run(m->pool, lb_attn_task, &aj, n_tok * c->n_head);
         /* xn now holds the attention output [n_tok][q_dim] */
         enc.src = NULL;
