@@ -1,281 +1,302 @@
-"""The main window: a chat with a local GGUF model, with live stats."""
+"""The main window: navigation between the pages, a banner for errors, and live status."""
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
+from typing import Any
 
 import psutil
-from PySide6.QtCore import QSettings, Qt, QTimer, Slot
+from PySide6.QtCore import QSize, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
+    QListWidget,
     QMainWindow,
-    QMessageBox,
-    QPlainTextEdit,
+    QProgressBar,
     QPushButton,
-    QTextBrowser,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from lowbit.core.engine import GenerationStats, TokenEvent
-from lowbit.core.sampling import SamplingParams
+from lowbit.core.conversations import ConversationStore
 
-from .bridge import WorkerBridge
+from .bridge import JobHandle, WorkerBridge
+from .chat_page import ChatPage
+from .formatting import format_eta
+from .settings import AppContext, AppSettings
+from .settings_page import SettingsPage
+from .theme import apply_theme
+from .welcome import WelcomePage
+
+PAGES = ("Chat", "Models", "Quantize", "Settings")
+
+
+class Banner(QFrame):
+    """A dismissable message across the top of the window: errors in words, never tracebacks."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("errorBanner")
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.label.setAccessibleName("Error message")
+        close = QPushButton("Dismiss")
+        close.setAccessibleName("Dismiss the message")
+        close.clicked.connect(self.hide)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 6, 6, 6)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(close)
+        self.hide()
+
+    def show_message(self, text: str) -> None:
+        self.label.setText(text)
+        self.show()
+
+
+class JobStatus(QWidget):
+    """The status bar's view of background jobs: what runs, how far, ETA, and Cancel."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.jobs: list[JobHandle] = []
+        self.label = QLabel()
+        self.bar = QProgressBar()
+        self.bar.setMaximumWidth(160)
+        self.bar.setMaximumHeight(16)
+        self.bar.setAccessibleName("Progress of the background job")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setAccessibleName("Cancel the background job")
+        self.cancel_button.clicked.connect(self.cancel)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.label)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.cancel_button)
+        self.setVisible(False)
+
+    def track(self, handle: JobHandle) -> None:
+        if handle.name in ("generate", "search"):
+            return  # the chat and the search box show these themselves
+        self.jobs.append(handle)
+        handle.progress.connect(lambda _p: self._show())
+        handle.finished.connect(lambda: self._finished(handle))
+        self._show()
+
+    def _finished(self, handle: JobHandle) -> None:
+        if handle in self.jobs:
+            self.jobs.remove(handle)
+        self._show()
+
+    def _show(self) -> None:
+        if not self.jobs:
+            self.setVisible(False)
+            return
+        h = self.jobs[-1]
+        p = h.last_progress
+        more = f" (+{len(self.jobs) - 1} queued)" if len(self.jobs) > 1 else ""
+        text = p.message if p and p.message else h.title
+        if p and p.eta_s is not None and p.eta_s >= 1:
+            text += f" · {format_eta(p.eta_s)}"
+        self.label.setText(text + more)
+        if p and p.total:
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(int(1000 * min(1.0, p.done / p.total)))
+        else:
+            self.bar.setRange(0, 0)  # busy
+        self.setVisible(True)
+
+    @Slot()
+    def cancel(self) -> None:
+        if self.jobs:
+            self.jobs[-1].cancel()
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, model_path: str | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        settings: AppSettings | None = None,
+        store: ConversationStore | None = None,
+    ) -> None:
         super().__init__()
         self.setWindowTitle("Lowbit")
-        self._settings = QSettings("Lowbit", "Lowbit")
-        self._bridge = WorkerBridge(self)
-        self._messages: list[dict[str, str]] = []
-        self._reply: list[str] = []
-        self._pending = ""  # streamed text not yet shown (batched by a timer)
-        self._model_info: dict | None = None
-        self._busy = False
+        self.settings = settings or AppSettings()
+        self.bridge = WorkerBridge(self)
+        self.ctx = AppContext(self.settings, self.bridge, self)
+        self.store = store or ConversationStore()
         self._build()
         self._connect()
-        geometry = self._settings.value("geometry")
+        geometry = self.settings.value("ui/geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
         else:
-            self.resize(900, 640)
-        path = model_path or os.environ.get("LOWBIT_MODEL") or self._settings.value("last_model")
-        if path and Path(str(path)).is_file():
-            self._load(str(path))
+            self.resize(1180, 760)
+        path = model_path or os.environ.get("LOWBIT_MODEL")
+        if path and Path(path).is_file():
+            self.chat.use_model(path)
+            self.show_page("Chat")
+        elif self.chat.conversation is None and self.ctx.library.is_empty():
+            self.show_welcome()
         else:
-            self._show_welcome()
+            self.show_page("Chat")
+            if self.bridge.model_info is None and self.chat.conversation is None:
+                last = self.settings.value("chat/last_model")
+                if last and Path(str(last)).is_file():
+                    self.chat.use_model(str(last))
 
-    # -- layout ------------------------------------------------------------------
+    # -- layout ----------------------------------------------------------------------
 
     def _build(self) -> None:
-        open_act = QAction("&Open model…", self)
-        open_act.setShortcut(QKeySequence.StandardKey.Open)
-        open_act.triggered.connect(self._choose_model)
-        new_act = QAction("&New chat", self)
-        new_act.setShortcut(QKeySequence("Ctrl+N"))
-        new_act.triggered.connect(self._new_chat)
-        file_menu = self.menuBar().addMenu("&File")
-        file_menu.addAction(open_act)
-        file_menu.addAction(new_act)
+        from .models_page import ModelsPage
+        from .quantize_wizard import QuantizePage
 
-        self._transcript = QTextBrowser()
-        self._transcript.setOpenExternalLinks(True)
-        self._transcript.setAccessibleName("Conversation")
-        self._input = QPlainTextEdit()
-        self._input.setPlaceholderText("Message the model — Ctrl+Enter sends, Esc stops")
-        self._input.setAccessibleName("Message")
-        self._input.setFixedHeight(90)
-        self._send = QPushButton("Send")
-        self._send.setAccessibleName("Send message")
-        self._stop = QPushButton("Stop")
-        self._stop.setAccessibleName("Stop reply")
-        self._stop.setEnabled(False)
-        self._open = QPushButton("Open model…")
-        self._open.clicked.connect(self._choose_model)
-
-        buttons = QVBoxLayout()
-        buttons.addWidget(self._send)
-        buttons.addWidget(self._stop)
-        row = QHBoxLayout()
-        row.addWidget(self._input, 1)
-        row.addLayout(buttons)
-        top = QHBoxLayout()
-        self._model_label = QLabel("No model loaded")
-        top.addWidget(self._model_label, 1)
-        top.addWidget(self._open)
-        layout = QVBoxLayout()
-        layout.addLayout(top)
-        layout.addWidget(self._transcript, 1)
-        layout.addLayout(row)
+        self.nav = QListWidget()
+        self.nav.setObjectName("navigation")
+        self.nav.setAccessibleName("Pages")
+        self.nav.setFixedWidth(150)
+        self.nav.setIconSize(QSize(20, 20))
+        for name in PAGES:
+            self.nav.addItem(name)
+        self.stack = QStackedWidget()
+        self.chat = ChatPage(self.ctx, self.store)
+        self.models = ModelsPage(self.ctx)
+        self.quantize = QuantizePage(self.ctx)
+        self.settings_page = SettingsPage(self.ctx)
+        self.welcome = WelcomePage(self.ctx)
+        for page in (self.chat, self.models, self.quantize, self.settings_page, self.welcome):
+            self.stack.addWidget(page)
+        self.banner = Banner()
+        right = QVBoxLayout()
+        right.setContentsMargins(0, 0, 0, 0)
+        right.addWidget(self.banner)
+        right.addWidget(self.stack, 1)
+        body = QHBoxLayout()
+        body.setContentsMargins(0, 0, 0, 0)
+        body.setSpacing(0)
+        body.addWidget(self.nav)
+        body.addLayout(right, 1)
         central = QWidget()
-        central.setLayout(layout)
+        central.setLayout(body)
         self.setCentralWidget(central)
 
-        self._speed_label = QLabel("")
-        self._mem_label = QLabel("")
-        self.statusBar().addPermanentWidget(self._speed_label)
-        self._ctx_label = QLabel("")
-        self.statusBar().addPermanentWidget(self._ctx_label)
-        self.statusBar().addPermanentWidget(self._mem_label)
-
-        send_sc = QAction(self)
-        send_sc.setShortcuts([QKeySequence("Ctrl+Return"), QKeySequence("Ctrl+Enter")])
-        send_sc.triggered.connect(self._on_send)
-        self.addAction(send_sc)
-        stop_sc = QAction(self)
-        stop_sc.setShortcut(QKeySequence(Qt.Key.Key_Escape))
-        stop_sc.triggered.connect(self._on_stop)
-        self.addAction(stop_sc)
-
-        # streamed text and live stats are shown a few times a second, not per token
-        self._flush_timer = QTimer(self)
-        self._flush_timer.setInterval(50)
-        self._flush_timer.timeout.connect(self._flush_pending)
-        self._stats_timer = QTimer(self)
-        self._stats_timer.setInterval(500)
-        self._stats_timer.timeout.connect(self._update_memory)
-        self._stats_timer.start()
+        self.model_status = QLabel("No model loaded")
+        self.jobs = JobStatus()
+        self.speed_status = QLabel("")
+        self.speed_status.setAccessibleName("Last tokens per second")
+        self.memory_status = QLabel("")
+        self.memory_status.setAccessibleName("Memory")
+        sb = self.statusBar()
+        sb.addWidget(self.model_status, 1)
+        sb.addPermanentWidget(self.jobs)
+        sb.addPermanentWidget(self.speed_status)
+        sb.addPermanentWidget(self.memory_status)
+        self._memory_timer = QTimer(self)
+        self._memory_timer.setInterval(1000)
+        self._memory_timer.timeout.connect(self._update_memory)
+        self._memory_timer.start()
         self._update_memory()
-        self._set_busy(False)
+
+        file_menu = self.menuBar().addMenu("&File")
+        open_act = QAction("&Open model…", self)
+        open_act.setShortcut(QKeySequence.StandardKey.Open)
+        open_act.triggered.connect(self.choose_model_file)
+        new_act = QAction("&New chat", self)
+        new_act.setShortcut(QKeySequence("Ctrl+N"))
+        new_act.triggered.connect(self.new_chat)
+        quit_act = QAction("&Quit", self)
+        quit_act.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_act.triggered.connect(self.close)
+        for a in (open_act, new_act):
+            file_menu.addAction(a)
+        file_menu.addSeparator()
+        file_menu.addAction(quit_act)
+        go_menu = self.menuBar().addMenu("&Go")
+        for i, name in enumerate(PAGES):
+            act = QAction(name, self)
+            act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+            act.triggered.connect(lambda _=False, n=name: self.show_page(n))
+            go_menu.addAction(act)
 
     def _connect(self) -> None:
-        self._send.clicked.connect(self._on_send)
-        self._stop.clicked.connect(self._on_stop)
-        b = self._bridge
-        b.model_loaded.connect(self._on_model_loaded, Qt.ConnectionType.QueuedConnection)
-        b.token.connect(self._on_token, Qt.ConnectionType.QueuedConnection)
-        b.generation_done.connect(self._on_done, Qt.ConnectionType.QueuedConnection)
-        b.failed.connect(self._on_failed, Qt.ConnectionType.QueuedConnection)
-        b.progress.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
-
-    # -- actions -------------------------------------------------------------------
-
-    def _show_welcome(self) -> None:
-        self._transcript.setHtml(
-            "<h2>Welcome to Lowbit</h2>"
-            "<p>Lowbit runs language models on this computer's processor, offline.</p>"
-            "<p>Open a model file in GGUF format (<b>File → Open model…</b>) to start chatting. "
-            "Any GGUF made for llama.cpp, LM Studio or Ollama with a Llama or Qwen2 architecture works.</p>"
+        self.nav.currentRowChanged.connect(lambda i: self.stack.setCurrentIndex(i) if i >= 0 else None)
+        self.ctx.error.connect(self.banner.show_message)
+        self.ctx.notice.connect(lambda text: self.statusBar().showMessage(text, 5000))
+        self.ctx.open_in_chat.connect(self.open_in_chat)
+        self.ctx.quantize_source.connect(lambda _p: self.show_page("Quantize"))
+        self.bridge.job_started.connect(self.jobs.track)
+        self.bridge.model_loaded.connect(self._model_loaded)
+        self.chat.speed_measured.connect(
+            lambda tps: self.speed_status.setText(f"last reply {tps:.1f} tokens/s")
         )
+        self.settings_page.theme_changed.connect(apply_theme)
+        self.settings_page.reload_requested.connect(self._reload_model)
+
+    # -- navigation ---------------------------------------------------------------------
+
+    def show_page(self, name: str) -> None:
+        i = PAGES.index(name)
+        self.nav.setCurrentRow(i)
+        self.stack.setCurrentIndex(i)
+
+    def show_welcome(self) -> None:
+        self.nav.setCurrentRow(-1)
+        self.stack.setCurrentWidget(self.welcome)
+
+    @Slot(str)
+    def open_in_chat(self, path: str) -> None:
+        self.show_page("Chat")
+        if self.chat.busy:
+            self.ctx.error.emit("Wait for the reply to finish (or stop it) before switching models.")
+            return
+        self.chat.new_conversation()
+        self.chat.use_model(path)
+
+    @Slot(str)
+    def _reload_model(self, path: str) -> None:
+        if self.chat.busy:
+            self.ctx.error.emit("Wait for the reply to finish (or stop it) before reloading the model.")
+            return
+        self.chat.load_model(path)
+        self.show_page("Chat")
 
     @Slot()
-    def _choose_model(self) -> None:
-        start = str(self._settings.value("last_dir", str(Path.home())))
+    def new_chat(self) -> None:
+        self.show_page("Chat")
+        self.chat.new_conversation()
+
+    @Slot()
+    def choose_model_file(self) -> None:
+        start = str(self.settings.value("ui/last_dir", str(Path.home())))
         path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", start, "GGUF models (*.gguf)")
         if path:
-            self._settings.setValue("last_dir", str(Path(path).parent))
-            self._load(path)
+            self.settings.set_value("ui/last_dir", str(Path(path).parent))
+            self.open_in_chat(path)
 
-    def _load(self, path: str) -> None:
-        self._model_label.setText(f"Loading {Path(path).name}…")
-        self._set_busy(True)
-        self._bridge.load_model(path)
-
-    @Slot()
-    def _new_chat(self) -> None:
-        if self._busy:
-            return
-        self._messages = []
-        self._transcript.clear()
-        self._ctx_label.setText("")
-
-    @Slot()
-    def _on_send(self) -> None:
-        text = self._input.toPlainText().strip()
-        if not text or self._busy or self._model_info is None:
-            return
-        self._input.clear()
-        if not self._messages:
-            self._transcript.clear()  # drop the welcome / "loaded" note
-        self._messages.append({"role": "user", "content": text})
-        self._append_html(f"<p><b>You</b><br>{_escape(text)}</p><p><b>Model</b><br>")
-        self._reply = []
-        self._set_busy(True)
-        self._flush_timer.start()
-        self._bridge.generate(list(self._messages), SamplingParams(temperature=0.7, seed=None), 512)
-
-    @Slot()
-    def _on_stop(self) -> None:
-        if self._busy:
-            self._bridge.stop()
-
-    # -- results ---------------------------------------------------------------------
+    # -- status ---------------------------------------------------------------------------
 
     @Slot(object)
-    def _on_model_loaded(self, info: dict) -> None:
-        self._model_info = info
-        self._settings.setValue("last_model", info["file"])
-        types = ", ".join(f"{k}×{v}" for k, v in sorted(info["types"].items(), key=lambda kv: -kv[1]))
-        self._model_label.setText(
-            f"<b>{_escape(str(info['name']))}</b> — {info['file_mib']:.0f} MiB, "
-            f"{info['bpw']:.2f} bits/weight ({types}), context {info['n_ctx']}"
-        )
-        self._set_busy(False)
-        self._new_chat()
-        self._transcript.setHtml("<p><i>Model loaded. Say hello.</i></p>")
-
-    @Slot(object)
-    def _on_token(self, ev: TokenEvent) -> None:
-        self._reply.append(ev.text)
-        self._pending += ev.text
-        if self._model_info:
-            self._ctx_label.setText(f"context {ev.n_context}/{self._model_info['n_ctx']}")
-
-    @Slot()
-    def _flush_pending(self) -> None:
-        if self._pending:
-            self._append_text(self._pending)
-            self._pending = ""
-
-    @Slot(object)
-    def _on_done(self, stats: GenerationStats) -> None:
-        self._flush_timer.stop()
-        self._flush_pending()
-        self._messages.append({"role": "assistant", "content": "".join(self._reply)})
-        note = {"cancelled": " — stopped", "context": " — context full, start a new chat"}.get(
-            stats.finish_reason, ""
-        )
-        self._append_html(
-            f"<br><span style='color:gray'>{stats.generated_tokens} tokens · first after "
-            f"{stats.ttft_s:.2f} s · {stats.decode_tps:.1f} tokens/s{note}</span></p>"
-        )
-        self._speed_label.setText(f"{stats.decode_tps:.1f} tok/s")
-        self._set_busy(False)
-
-    @Slot(str, str)
-    def _on_failed(self, job: str, message: str) -> None:
-        self._flush_timer.stop()
-        self._flush_pending()
-        self._set_busy(False)
-        if job == "generate" and self._messages and self._messages[-1]["role"] == "user":
-            self._messages.pop()
-        if job == "load":
-            self._model_label.setText("No model loaded")
-            self._model_info = None
-        QMessageBox.warning(self, "Lowbit", message)
-
-    @Slot(object)
-    def _on_progress(self, p) -> None:
-        self.statusBar().showMessage(p.message, 3000)
-
-    # -- helpers ---------------------------------------------------------------------
-
-    def _set_busy(self, busy: bool) -> None:
-        self._busy = busy
-        self._send.setEnabled(not busy and self._model_info is not None)
-        self._stop.setEnabled(busy)
-        self._open.setEnabled(not busy)
-
-    def _append_html(self, fragment: str) -> None:
-        cursor = self._transcript.textCursor()
-        cursor.movePosition(cursor.MoveOperation.End)
-        cursor.insertHtml(fragment)
-        self._transcript.ensureCursorVisible()
-
-    def _append_text(self, text: str) -> None:
-        cursor = self._transcript.textCursor()
-        cursor.movePosition(cursor.MoveOperation.End)
-        cursor.insertText(text)
-        self._transcript.ensureCursorVisible()
+    def _model_loaded(self, info: dict[str, Any]) -> None:
+        self.settings.set_value("chat/last_model", info["file"])
+        self.model_status.setText(f"{info['name']} · {Path(info['file']).name}")
 
     @Slot()
     def _update_memory(self) -> None:
         rss = psutil.Process().memory_info().rss / 2**20
         avail = psutil.virtual_memory().available / 2**30
-        self._mem_label.setText(f"RAM {rss:.0f} MiB · {avail:.1f} GiB free")
+        self.memory_status.setText(f"Lowbit {rss:.0f} MiB · {avail:.1f} GiB available")
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        self._settings.setValue("geometry", self.saveGeometry())
-        self._bridge.shutdown(timeout=3.0)
+        self.settings.set_value("ui/geometry", self.saveGeometry())
+        self.chat.stop()
+        self.chat.save_partial()
+        self.bridge.shutdown(timeout=3.0)
+        self.store.close()
         super().closeEvent(event)
-
-
-def _escape(text: str) -> str:
-    return html.escape(text).replace("\n", "<br>")

@@ -548,6 +548,32 @@ def _pickle_message(repo_id: str, names: Sequence[str]) -> str:
     )
 
 
+CONFIG_LIMIT = 2 * 2**20  # a config.json larger than this is not a config
+
+
+def read_config(model: HubModel) -> dict[str, Any] | None:
+    """The repository's config.json, or None when it has none or it cannot be read.
+
+    Only the shape of the model is taken from it, for the memory estimate; without it
+    the estimate falls back to the parameter count, so any failure is quiet.
+    """
+    if not any(f.name == "config.json" for f in model.files or ()):
+        return None
+    rev = urllib.parse.quote(model.sha or "main", safe="")
+    url = f"{endpoint()}/{model.repo_id}/resolve/{rev}/config.json"
+    request = urllib.request.Request(url, headers={"User-Agent": "lowbit"})
+    try:
+        token = get_token()
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            data = json.loads(response.read(CONFIG_LIMIT))
+    except (OSError, ValueError) as e:
+        log.info("no config for %s: %s", model.repo_id, e)
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def select_files(model: HubModel, files: Sequence[str] | None = None) -> list[HubFile]:
     """The files a download needs.
 
