@@ -118,7 +118,16 @@ def test_system_prompt_and_params_are_per_conversation(chat: ChatPage, qtbot, ti
     assert chat.temperature.value() == 0.0
 
 
-def test_stop_halts_within_half_a_second(chat: ChatPage, qtbot) -> None:
+def test_stop_halts_generation_at_once(chat: ChatPage, qtbot, monkeypatch) -> None:
+    """Esc stops the reply within a token or two of the request, whatever the machine's speed."""
+    original = Engine.generate
+
+    def paced(self, *args, **kwargs):  # the tiny model would fill its context before Esc
+        for ev in original(self, *args, **kwargs):
+            time.sleep(0.005)
+            yield ev
+
+    monkeypatch.setattr(Engine, "generate", paced)
     chat.max_tokens.setValue(32768)
     chat.input.setPlainText("tell me everything")
     chat.send()
@@ -126,17 +135,19 @@ def test_stop_halts_within_half_a_second(chat: ChatPage, qtbot) -> None:
     with qtbot.waitSignal(handle.event, timeout=30000):
         pass
     qtbot.wait(200)
-    t0 = time.monotonic()
+    chat.ctx.bridge._drain()  # every token made so far has reached the page
+    seen = len(chat._reply_text)
+    chat.activateWindow()  # shortcuts go to the active window, which offscreen Qt may not have set
+    qtbot.waitUntil(chat.isActiveWindow, timeout=5000)
     qtbot.keyClick(chat.input, Qt.Key.Key_Escape)
     with qtbot.waitSignal(handle.finished, timeout=5000):
         pass
-    stopped_after = time.monotonic() - t0
     qtbot.waitUntil(lambda: not chat.busy)
     reply = chat.store.messages(chat.conversation.id)[-1]
-    assert reply.stats["finish_reason"] in ("cancelled", "context")
+    assert reply.stats["finish_reason"] == "cancelled"
     assert reply.content  # what was said so far is kept
-    # the contract the issue states; generous against a loaded machine, far below a run-away
-    assert stopped_after < 0.5 + 1.5
+    # the cancel interrupts the forward pass: at most the token in flight and one drain's worth
+    assert reply.stats["generated_tokens"] - seen <= 4
 
 
 def test_regenerate_replaces_the_last_reply(chat: ChatPage, qtbot) -> None:

@@ -338,7 +338,8 @@ class ChatPage(QWidget):
         self.addAction(send_sc)
         stop_sc = QAction(self)
         stop_sc.setShortcut(QKeySequence(Qt.Key.Key_Escape))
-        stop_sc.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        # the whole window: after Send the focus may be anywhere, and Esc must still stop
+        stop_sc.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         stop_sc.triggered.connect(self.escape)
         self.addAction(stop_sc)
 
