@@ -14,7 +14,7 @@ pytest.importorskip("PySide6")
 from PySide6.QtCore import QSettings, Qt
 
 from lowbit.app.bridge import WorkerBridge, user_message
-from lowbit.app.chat_page import ChatPage
+from lowbit.app.chat_page import ChatPage, MessageView
 from lowbit.app.settings import AppContext, AppSettings
 from lowbit.core.conversations import ConversationStore
 from lowbit.core.engine import Engine
@@ -201,6 +201,8 @@ def test_conversations_rename_delete_and_survive_a_new_page(chat: ChatPage, qtbo
     assert chat.conv_list.currentItem().text() == "Renamed chat"
     other = chat.new_conversation()
     assert chat.conv_list.count() == 2
+    shown = [v for v in chat.messages_box.findChildren(MessageView) if v.isVisibleTo(chat)]
+    assert shown == []  # the old conversation's messages are gone from the view at once
     chat.delete_conversation()
     assert [c.id for c in chat.store.list()] == [cid]
     assert other.id != cid

@@ -417,7 +417,7 @@ class ChatPage(QWidget):
         self._cancel_edit()
         self.conversation = conv
         for v in self.views:
-            v.deleteLater()
+            self._drop_widget(v)
         self.views = []
         params = {**DEFAULT_PARAMS, **(conv.params if conv else {})}
         for w, key in (
@@ -739,9 +739,16 @@ class ChatPage(QWidget):
         self._update_actions()
         return view
 
+    def _drop_widget(self, view: MessageView) -> None:
+        # out of the layout at once: deleteLater waits for the event loop, and until then
+        # the old conversation would still show
+        view.hide()
+        self.messages_layout.removeWidget(view)
+        view.deleteLater()
+
     def _remove_view(self, view: MessageView) -> None:
         self.views.remove(view)
-        view.deleteLater()
+        self._drop_widget(view)
         self._update_actions()
         self._update_placeholder()
 
