@@ -186,7 +186,9 @@ def test_smollm2_matches_torch(smollm2_model: Model, smollm2_reference) -> None:
     k_got, k_ideal = _kld(plain, got).mean(), _kld(plain, ideal).mean()
     assert k_got <= 1.25 * k_ideal + 1e-6, f"mean KLD {k_got:.3g} vs {k_ideal:.3g} for the ideal numerics"
     top2 = np.sort(plain, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 0.1
+    # "clear" must be beyond the noise of 8-bit activations: the ideal numerics themselves
+    # differ from the plain forward by up to ~1 logit, and flip tops with margins of 0.1-0.2
+    clear = (top2[:, 1] - top2[:, 0]) > 0.5
     same = plain.argmax(1) == got.argmax(1)
     assert same[clear].all(), f"top token differs at positions {np.where(clear & ~same)[0].tolist()}"
     # greedy generation gives the same tokens as the reference's argmax

@@ -56,73 +56,73 @@ static void lb_neon_q4_0(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q8_0 *y = a;
     const uint8x16_t m4 = vdupq_n_u8(15);
     const int8x16_t eight = vdupq_n_s8(8);
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < n / LB_QK4_0; b++) {
         const uint8x16_t raw = vld1q_u8(x[b].qs);
         const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, m4)), eight);
         const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
         const int32_t isum = lb_dot32_s8(lo, hi, y[b].qs);
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 static void lb_neon_q4_1(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q4_1 *x = w;
     const lb_block_q8_1 *y = a;
     const uint8x16_t m4 = vdupq_n_u8(15);
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < n / LB_QK4_1; b++) {
         const uint8x16_t raw = vld1q_u8(x[b].qs);
         const int32_t isum = lb_dot32_s8(vreinterpretq_s8_u8(vandq_u8(raw, m4)),
                                          vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), y[b].qs);
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d)) +
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d)) +
                lb_fp16_to_fp32(x[b].m) * lb_fp16_to_fp32(y[b].s);
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 static void lb_neon_q5_0(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q5_0 *x = w;
     const lb_block_q8_0 *y = a;
     const uint8x16_t m4 = vdupq_n_u8(15), f0 = vdupq_n_u8(0xf0);
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < n / LB_QK5_0; b++) {
         const uint8x16_t raw = vld1q_u8(x[b].qs);
         /* q - 16: the nibble where bit 4 is set, else the nibble with 0xf0 on top */
         const uint8x16_t lo = vorrq_u8(vandq_u8(raw, m4), vbicq_u8(f0, lb_bits16(x[b].qh, 0)));
         const uint8x16_t hi = vorrq_u8(vshrq_n_u8(raw, 4), vbicq_u8(f0, lb_bits16(x[b].qh, 16)));
         const int32_t isum = lb_dot32_s8(vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi), y[b].qs);
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 static void lb_neon_q5_1(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q5_1 *x = w;
     const lb_block_q8_1 *y = a;
     const uint8x16_t m4 = vdupq_n_u8(15), b4 = vdupq_n_u8(16);
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < n / LB_QK5_1; b++) {
         const uint8x16_t raw = vld1q_u8(x[b].qs);
         const uint8x16_t lo = vorrq_u8(vandq_u8(raw, m4), vandq_u8(b4, lb_bits16(x[b].qh, 0)));
         const uint8x16_t hi = vorrq_u8(vshrq_n_u8(raw, 4), vandq_u8(b4, lb_bits16(x[b].qh, 16)));
         const int32_t isum = lb_dot32_s8(vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi), y[b].qs);
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d)) +
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d)) +
                lb_fp16_to_fp32(x[b].m) * lb_fp16_to_fp32(y[b].s);
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 static void lb_neon_q8_0(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q8_0 *x = w;
     const lb_block_q8_0 *y = a;
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < n / LB_QK8_0; b++) {
         const int32_t isum = lb_dot32_s8(vld1q_s8(x[b].qs), vld1q_s8(x[b].qs + 16), y[b].qs);
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 static void lb_neon_iq4_nl(int64_t n, float *s, const void *w, const void *a) {
@@ -130,14 +130,14 @@ static void lb_neon_iq4_nl(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q8_0 *y = a;
     const int8x16_t table = vld1q_s8(lb_kvalues_iq4nl);
     const uint8x16_t m4 = vdupq_n_u8(15);
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < n / LB_QK4_NL; b++) {
         const uint8x16_t raw = vld1q_u8(x[b].qs);
         const int32_t isum =
             lb_dot32_s8(vqtbl1q_s8(table, vandq_u8(raw, m4)), vqtbl1q_s8(table, vshrq_n_u8(raw, 4)), y[b].qs);
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 /* ---- K-quants: unpack as the reference, then SDOT per sub-block ---------------- */

@@ -71,7 +71,7 @@ void lb_vec_dot_q4_0_q8_0(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q4_0 *x = w;
     const lb_block_q8_0 *y = a;
     const int64_t nb = n / LB_QK4_0;
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < nb; b++) {
         int32_t isum = 0;
         for (int j = 0; j < LB_QK4_0 / 2; j++) {
@@ -79,9 +79,9 @@ void lb_vec_dot_q4_0_q8_0(int64_t n, float *s, const void *w, const void *a) {
             const int hi = (x[b].qs[j] >> 4) - 8;
             isum += lo * y[b].qs[j] + hi * y[b].qs[j + LB_QK4_0 / 2];
         }
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 /* sum_i (d q_i + m) y_i dy = d dy sum_i q_i y_i + m (dy sum_i y_i), and q8_1's s
@@ -90,23 +90,23 @@ void lb_vec_dot_q4_1_q8_1(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q4_1 *x = w;
     const lb_block_q8_1 *y = a;
     const int64_t nb = n / LB_QK4_1;
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < nb; b++) {
         int32_t isum = 0;
         for (int j = 0; j < LB_QK4_1 / 2; j++) {
             isum += (x[b].qs[j] & 15) * y[b].qs[j] + (x[b].qs[j] >> 4) * y[b].qs[j + LB_QK4_1 / 2];
         }
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d)) +
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d)) +
                lb_fp16_to_fp32(x[b].m) * lb_fp16_to_fp32(y[b].s);
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 void lb_vec_dot_q5_0_q8_0(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q5_0 *x = w;
     const lb_block_q8_0 *y = a;
     const int64_t nb = n / LB_QK5_0;
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < nb; b++) {
         int32_t isum = 0;
         for (int j = 0; j < LB_QK5_0 / 2; j++) {
@@ -114,16 +114,16 @@ void lb_vec_dot_q5_0_q8_0(int64_t n, float *s, const void *w, const void *a) {
             const int hi = ((x[b].qs[j] >> 4) | (lb_q5_high_bit(x[b].qh, j + LB_QK5_0 / 2) << 4)) - 16;
             isum += lo * y[b].qs[j] + hi * y[b].qs[j + LB_QK5_0 / 2];
         }
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 void lb_vec_dot_q5_1_q8_1(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q5_1 *x = w;
     const lb_block_q8_1 *y = a;
     const int64_t nb = n / LB_QK5_1;
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < nb; b++) {
         int32_t isum = 0;
         for (int j = 0; j < LB_QK5_1 / 2; j++) {
@@ -131,41 +131,41 @@ void lb_vec_dot_q5_1_q8_1(int64_t n, float *s, const void *w, const void *a) {
             const int hi = (x[b].qs[j] >> 4) | (lb_q5_high_bit(x[b].qh, j + LB_QK5_1 / 2) << 4);
             isum += lo * y[b].qs[j] + hi * y[b].qs[j + LB_QK5_1 / 2];
         }
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d)) +
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d)) +
                lb_fp16_to_fp32(x[b].m) * lb_fp16_to_fp32(y[b].s);
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 void lb_vec_dot_q8_0_q8_0(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q8_0 *x = w;
     const lb_block_q8_0 *y = a;
     const int64_t nb = n / LB_QK8_0;
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < nb; b++) {
         int32_t isum = 0;
         for (int j = 0; j < LB_QK8_0; j++) {
             isum += x[b].qs[j] * y[b].qs[j];
         }
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 void lb_vec_dot_iq4_nl_q8_0(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_iq4_nl *x = w;
     const lb_block_q8_0 *y = a;
     const int64_t nb = n / LB_QK4_NL;
-    float sum = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < nb; b++) {
         int32_t isum = 0;
         for (int j = 0; j < LB_QK4_NL / 2; j++) {
             isum += lb_kvalues_iq4nl[x[b].qs[j] & 15] * y[b].qs[j] +
                     lb_kvalues_iq4nl[x[b].qs[j] >> 4] * y[b].qs[j + LB_QK4_NL / 2];
         }
-        sum += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
     }
-    *s = sum;
+    *s = lb_fold4(acc);
 }
 
 /* ---- K-quants against q8_K ------------------------------------------------

@@ -32,6 +32,13 @@ static inline void lb_unpack_scales_q3_K(const uint8_t b[LB_K_SCALE_SIZE], int8_
     }
 }
 
+/* The 32-element block dot products add their per-block terms into four
+ * partial sums, block b into sum b % 4, folded as (s0 + s2) + (s1 + s3).
+ * One running sum would chain every block's add behind the previous one's
+ * latency; four of them let SIMD paths keep the four in one register and add
+ * four blocks at once, and every path still gives the reference's bits. */
+static inline float lb_fold4(const float acc[4]) { return (acc[0] + acc[2]) + (acc[1] + acc[3]); }
+
 /* Scalar reference kernels (generic.c): *s = dot(w, a) over n elements, n a
  * whole number of blocks. w is a row of the first type, a a row of the second
  * (the weight type's vec_dot_type). */

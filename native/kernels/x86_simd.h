@@ -170,13 +170,14 @@ LB_INLINE __m128 lb_h2f_x4(const uint16_t h[4]) {
     return _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
 }
 
-/* Blocks b0..b0+cnt-1 (cnt <= 4) against nc activation rows, added to sum[]
- * one block at a time in the reference's order and float operations:
- * sum += (float)isum * (dx * dy) [+ m * s]. The scales are converted four at
- * a time from registers (a vector load of four scalar stores would stall on
- * store forwarding). */
+/* Blocks b0..b0+cnt-1 (cnt <= 4, b0 a multiple of 4) against nc activation
+ * rows, with the reference's float operations per block, (float)isum * (dx *
+ * dy) [+ m * s], added lane-wise to acc[c]: lane i is the reference's partial
+ * sum of blocks i mod 4 (lb_fold4). Missing blocks of a tail add exact zeros.
+ * The scales are converted four at a time from registers (a vector load of
+ * four scalar stores would stall on store forwarding). */
 LB_INLINE void lb_group32(const int type, const void *w, const uint8_t *a, size_t a_stride, int64_t b0, const int cnt,
-                          const int nc, float *sum) {
+                          const int nc, __m128 *acc) {
     const int q81 = type == LB_TYPE_Q4_1 || type == LB_TYPE_Q5_1;
     __m256i q[4];
     uint16_t hd[4] = {0, 0, 0, 0}, hm[4] = {0, 0, 0, 0};
@@ -209,37 +210,32 @@ LB_INLINE void lb_group32(const int type, const void *w, const uint8_t *a, size_
         if (q81) {
             t = _mm_add_ps(t, _mm_mul_ps(vmx, lb_h2f_x4(hs)));
         }
-        float s = sum[c];
-        s += _mm_cvtss_f32(t);
-        if (cnt > 1) {
-            s += _mm_cvtss_f32(_mm_shuffle_ps(t, t, 1));
-        }
-        if (cnt > 2) {
-            s += _mm_cvtss_f32(_mm_shuffle_ps(t, t, 2));
-        }
-        if (cnt > 3) {
-            s += _mm_cvtss_f32(_mm_shuffle_ps(t, t, 3));
-        }
-        sum[c] = s;
+        acc[c] = _mm_add_ps(acc[c], t);
     }
+}
+
+/* lb_fold4 of the four lanes: (a0 + a2) + (a1 + a3). */
+LB_INLINE float lb_fold4_ps(__m128 v) {
+    const __m128 h = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
 }
 
 LB_INLINE void lb_dot32(const int type, int64_t n, float *s, int64_t ld_s, const void *w, const void *a,
                         size_t a_stride, const int nc) {
     const int64_t nb = n / 32;
-    float sum[LB_MULTI_MAX];
+    __m128 acc[LB_MULTI_MAX];
     for (int c = 0; c < nc; c++) {
-        sum[c] = 0.0f;
+        acc[c] = _mm_setzero_ps();
     }
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
-        lb_group32(type, w, (const uint8_t *)a, a_stride, b, 4, nc, sum);
+        lb_group32(type, w, (const uint8_t *)a, a_stride, b, 4, nc, acc);
     }
     if (b < nb) {
-        lb_group32(type, w, (const uint8_t *)a, a_stride, b, (int)(nb - b), nc, sum);
+        lb_group32(type, w, (const uint8_t *)a, a_stride, b, (int)(nb - b), nc, acc);
     }
     for (int c = 0; c < nc; c++) {
-        s[c * ld_s] = sum[c];
+        s[c * ld_s] = lb_fold4_ps(acc[c]);
     }
 }
 
@@ -559,7 +555,8 @@ LB_INLINE __m256i lb_reduce8(const __m256i p[8]) {
  * the reference's for 8 keys at once. */
 LB_INLINE __m256 lb_scores8_q8_0(const int nk, int64_t nb, const lb_block_q8_0 *q, const uint8_t *k,
                                  size_t k_stride) {
-    __m256 acc = _mm256_setzero_ps();
+    /* lanes are keys; acc[b % 4] are the reference's partial sums (lb_fold4) */
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         const __m256i qv = lb_loadu256(q[b].qs);
         const __m256i qa = _mm256_sign_epi8(qv, qv);
@@ -577,9 +574,9 @@ LB_INLINE __m256 lb_scores8_q8_0(const int nk, int64_t nb, const lb_block_q8_0 *
         const __m256 dk = _mm256_cvtph_ps(_mm_setr_epi16((short)hk[0], (short)hk[1], (short)hk[2], (short)hk[3],
                                                          (short)hk[4], (short)hk[5], (short)hk[6], (short)hk[7]));
         const __m256 dd = _mm256_mul_ps(_mm256_set1_ps(lb_h2f(q[b].d)), dk);
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(lb_reduce8(p)), dd));
+        acc[b & 3] = _mm256_add_ps(acc[b & 3], _mm256_mul_ps(_mm256_cvtepi32_ps(lb_reduce8(p)), dd));
     }
-    return acc;
+    return _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
 }
 
 static void lb_x86_attn_scores_q8_0(int64_t n, int64_t n_keys, const void *q, const void *k, size_t k_stride,
