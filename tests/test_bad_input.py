@@ -22,7 +22,7 @@ from lowbit.core.errors import (
 from lowbit.core.model import Model
 from lowbit.core.native import ffi, lib
 from lowbit.core.worker import Worker
-from tests.tiny_models import make_tiny_model, rewrite_gguf
+from tests.tiny_models import c_model_config, make_tiny_model, rewrite_gguf
 
 
 @pytest.fixture()
@@ -164,19 +164,6 @@ def test_failed_load_leaves_worker_usable(tiny, tmp_path: Path) -> None:
 # ---- the C API checks sizes itself ------------------------------------------------
 
 
-def _config(**kw) -> object:
-    cfg = ffi.new("lb_model_config *")
-    base = dict(
-        arch=0, n_vocab=32, n_embd=64, n_layer=1, n_head=2, n_head_kv=1, head_dim=32, n_ff=64,
-        rms_eps=1e-5, rope_kind=0, rope_dim=32, rope_theta=10000.0, rope_pos_scale=1.0, n_ctx=16,
-        n_batch=8, n_threads=1, kv_type=1,
-    )  # fmt: skip
-    base.update(kw)
-    for k, v in base.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
 @pytest.mark.parametrize(
     "bad",
     [
@@ -188,16 +175,16 @@ def _config(**kw) -> object:
         dict(kv_type=0),
     ],
 )
-def test_c_rejects_bad_config(bad: dict) -> None:
+def test_c_rejects_badc_model_config(bad: dict) -> None:
     out = ffi.new("lb_model **")
-    assert lib.lb_model_create(_config(**bad), out) != 0
+    assert lib.lb_model_create(c_model_config(**bad), out) != 0
     assert out[0] == ffi.NULL
     assert ffi.string(lib.lb_last_error())
 
 
 def test_c_checks_tensor_shapes_and_sizes() -> None:
     out = ffi.new("lb_model **")
-    assert lib.lb_model_create(_config(), out) == 0
+    assert lib.lb_model_create(c_model_config(), out) == 0
     m = out[0]
     try:
         buf = np.zeros(64 * 64, np.float32)

@@ -30,33 +30,11 @@ from gguf import GGMLQuantizationType as QT
 
 from lowbit.core.model import Model, log_softmax
 from tests import torch_ref
-from tests.tiny_models import WEIGHT_TYPES, make_tiny_model
-
-
-def _run_prefill_then_decode(model: Model, tokens: list[int], n_prefill: int) -> np.ndarray:
-    """Logits for every position: one batched call, then one call per token."""
-    model.reset()
-    out = [model.forward(tokens[:n_prefill], 0, logits_all=True)]
-    for i in range(n_prefill, len(tokens)):
-        out.append(model.forward([tokens[i]], i)[None, :])
-    return np.concatenate(out)
+from tests.tiny_models import WEIGHT_TYPES, make_tiny_model, prefill_then_decode
 
 
 def _ref(tm, tokens, *, emulate: bool, types: dict[str, str] | None = None) -> np.ndarray:
-    return torch_ref.forward(
-        tm.weights,
-        tokens,
-        arch=tm.arch,
-        n_layer=tm.n_layer,
-        n_head=tm.n_head,
-        n_head_kv=tm.n_head_kv,
-        rms_eps=tm.rms_eps,
-        rope_theta=tm.rope_theta,
-        inv_freq=tm.hf_inv_freq,
-        weight_types=types,
-        kv_fp16=emulate,
-        act_quant=emulate,
-    )
+    return torch_ref.forward_tiny(tm, tokens, weight_types=types, kv_fp16=emulate, act_quant=emulate)
 
 
 def _kld(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
@@ -91,7 +69,7 @@ def test_tiny_llama_every_type(tmp_path: Path, qtype: QT) -> None:
     types = {name: qtype.name for name in tm.weights if name.endswith(".weight") and "norm" not in name}
     tokens = list(np.random.default_rng(1).integers(0, 261, size=24))
     with Model.load(tm.path, n_ctx=64, n_threads=2) as m:
-        got = _run_prefill_then_decode(m, tokens, 16)
+        got = prefill_then_decode(m, tokens, 16)
     _assert_as_close_as_ideal(got, tm, tokens, types, qtype.name)
 
 
@@ -101,7 +79,7 @@ def test_tiny_qwen2_with_biases(tmp_path: Path, tied: bool) -> None:
     types = {n: ("F16" if n == "token_embd.weight" else "Q8_0") for n in tm.weights}
     tokens = list(np.random.default_rng(2).integers(0, 261, size=20))
     with Model.load(tm.path, n_ctx=64, n_threads=2) as m:
-        got = _run_prefill_then_decode(m, tokens, 12)
+        got = prefill_then_decode(m, tokens, 12)
         # greedy generation agrees with the reference's argmax, step by step
         m.reset()
         seq = list(tokens[:8])
@@ -119,7 +97,7 @@ def test_tiny_llama3_rope_scaling(tmp_path: Path) -> None:
     tm = make_tiny_model(tmp_path / "l3.gguf", llama3_rope=True, tied=False)
     tokens = list(np.random.default_rng(3).integers(0, 261, size=40))
     with Model.load(tm.path, n_ctx=64, n_threads=1) as m:
-        got = _run_prefill_then_decode(m, tokens, 30)
+        got = prefill_then_decode(m, tokens, 30)
     _assert_as_close_as_ideal(got, tm, tokens, None, "llama3 rope")
     # and the scaling is really applied: without it the reference disagrees
     tm.hf_inv_freq = None
@@ -176,7 +154,7 @@ def test_smollm2_matches_torch(smollm2_model: Model, smollm2_reference) -> None:
     for _ in range(32):
         seq.append(int(logits.argmax()))
         logits = smollm2_model.forward([seq[-1]], len(seq) - 1)
-    got = _run_prefill_then_decode(smollm2_model, seq, len(prompt))
+    got = prefill_then_decode(smollm2_model, seq, len(prompt))
     kw = dict(
         arch="llama", n_layer=hp.n_layer, n_head=hp.n_head, n_head_kv=hp.n_head_kv,
         rms_eps=hp.rms_eps, rope_theta=hp.rope_theta, weight_types=types,

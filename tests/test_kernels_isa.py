@@ -28,7 +28,7 @@ from gguf import GGMLQuantizationType as QT
 from lowbit.core.model import Model
 from lowbit.core.native import ffi, lib
 from tests.test_quants import quantize, random_quant_blocks, row_size, vec_dot
-from tests.tiny_models import WEIGHT_TYPES, make_tiny_model
+from tests.tiny_models import WEIGHT_TYPES, make_tiny_model, prefill_then_decode
 
 PATHS = ("avx512", "avx2", "neon", "scalar")  # best first, as the library ranks them
 FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
@@ -221,14 +221,6 @@ def test_activation_encoders_are_byte_identical(path: str, t: QT) -> None:
 # ---- whole models: multi-token kernels and every weight type -----------------------
 
 
-def _prefill_and_decode(m: Model, tokens: list[int], n_prefill: int) -> np.ndarray:
-    m.reset()
-    out = [m.forward(tokens[:n_prefill], 0, logits_all=True)]
-    for i in range(n_prefill, len(tokens)):
-        out.append(m.forward([tokens[i]], i)[None, :])
-    return np.concatenate(out)
-
-
 def _decode_only(m: Model, tokens: list[int]) -> np.ndarray:
     m.reset()
     return np.concatenate([m.forward([tok], i)[None, :] for i, tok in enumerate(tokens)])
@@ -240,7 +232,7 @@ def test_tiny_model_logits_agree_on_every_path(tmp_path: Path, qtype: QT) -> Non
     tokens = [int(v) for v in np.random.default_rng(5).integers(0, 261, size=19)]
     # 11 prompt tokens: groups of 4 plus a tail of 3 in the multi-token kernels
     with Model.load(tm.path, n_ctx=64, n_threads=2) as m:
-        batched = on_each_path(lambda: _prefill_and_decode(m, tokens, 11))
+        batched = on_each_path(lambda: prefill_then_decode(m, tokens, 11))
         stepwise = on_each_path(lambda: _decode_only(m, tokens))
     ref = batched["scalar"]
     spread = float(ref.std())
@@ -259,6 +251,6 @@ def test_tiny_model_logits_agree_on_every_path(tmp_path: Path, qtype: QT) -> Non
 def test_smollm2_logits_agree_on_every_path(smollm2_model: Model) -> None:
     rng = np.random.default_rng(9)
     tokens = [int(v) for v in rng.integers(100, 40000, size=70)]
-    out = on_each_path(lambda: _prefill_and_decode(smollm2_model, tokens, 61))
+    out = on_each_path(lambda: prefill_then_decode(smollm2_model, tokens, 61))
     for p in AVAILABLE:
         assert_same_floats(out[p], out["scalar"], f"SmolLM2 {p}")

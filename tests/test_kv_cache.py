@@ -33,7 +33,7 @@ from lowbit.core.model import Model, check_kv_type, read_hparams
 from lowbit.core.native import ffi, lib
 from tests import torch_ref
 from tests.test_kernels_isa import AVAILABLE, assert_same_floats, current_isa, on_each_path, set_isa
-from tests.tiny_models import TinyModel, make_tiny_model
+from tests.tiny_models import TinyModel, c_model_config, make_tiny_model, prefill_then_decode
 
 
 @pytest.fixture(autouse=True)
@@ -43,33 +43,10 @@ def _restore_isa() -> Iterator[None]:
     assert set_isa(before) == 0
 
 
-def _prefill_then_decode(m: Model, tokens: list[int], n_prefill: int) -> np.ndarray:
-    m.reset()
-    out = [m.forward(tokens[:n_prefill], 0, logits_all=True)]
-    for i in range(n_prefill, len(tokens)):
-        out.append(m.forward([tokens[i]], i)[None, :])
-    return np.concatenate(out)
-
-
 def _run(tm: TinyModel, tokens: list[int], kv_type: str, n_prefill: int = 24) -> np.ndarray:
     with Model.load(tm.path, n_ctx=64, n_threads=2, kv_type=kv_type) as m:
         assert m.kv_type == kv_type.lower() and m.describe()["kv_type"] == kv_type.lower()
-        return _prefill_then_decode(m, tokens, n_prefill)
-
-
-def _ref(tm: TinyModel, tokens: list[int], **kw) -> np.ndarray:
-    return torch_ref.forward(
-        tm.weights,
-        tokens,
-        arch=tm.arch,
-        n_layer=tm.n_layer,
-        n_head=tm.n_head,
-        n_head_kv=tm.n_head_kv,
-        rms_eps=tm.rms_eps,
-        rope_theta=tm.rope_theta,
-        inv_freq=tm.hf_inv_freq,
-        **kw,
-    )
+        return prefill_then_decode(m, tokens, n_prefill)
 
 
 def _centered(a: np.ndarray) -> np.ndarray:
@@ -93,8 +70,8 @@ def test_q8_0_cache_matches_reference(tmp_path: Path, arch: str, n_head: int, n_
     tokens = [int(t) for t in np.random.default_rng(11).integers(0, 261, size=40)]
     got = _run(tm, tokens, "Q8_0")  # the name in any case
     got_f16 = _run(tm, tokens, "f16")
-    ideal = _ref(tm, tokens, kv_q8_0=True)
-    ideal_f16 = _ref(tm, tokens, kv_fp16=True)
+    ideal = torch_ref.forward_tiny(tm, tokens, kv_q8_0=True)
+    ideal_f16 = torch_ref.forward_tiny(tm, tokens, kv_fp16=True)
     effect = _diff(ideal, ideal_f16)  # what the Q8_0 rounding moves, beyond F16's
     spread = float(ideal.std())
     assert effect.mean() > 1e-4 * spread, "the reference's Q8_0 rounding should change the logits"
@@ -120,7 +97,7 @@ def test_q8_0_cache_batching_threads_and_rewind(tmp_path: Path) -> None:
     with Model.load(tm.path, n_ctx=64, n_threads=2, n_batch=7, kv_type="q8_0") as many:
         b = many.forward(tokens, 0, logits_all=True)
         c = many.forward(tokens[30:], 30, logits_all=True)
-        d = _prefill_then_decode(many, tokens, 20)
+        d = prefill_then_decode(many, tokens, 20)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a[30:], c)
     np.testing.assert_array_equal(a, d)
@@ -151,7 +128,7 @@ def test_q8_0_cache_is_identical_on_every_path(tmp_path: Path, qtype: QT, n_embd
     )
     tokens = [int(t) for t in np.random.default_rng(5).integers(0, 261, size=37)]  # 8k + 5 keys at the end
     with Model.load(tm.path, n_ctx=64, n_threads=2, kv_type="q8_0") as m:
-        logits = on_each_path(lambda: _prefill_then_decode(m, tokens, 19))
+        logits = on_each_path(lambda: prefill_then_decode(m, tokens, 19))
         generated = on_each_path(lambda: _greedy(m, tokens[:9], 24))
     for p in AVAILABLE:
         assert_same_floats(logits[p], logits["scalar"], f"{qtype.name} n_embd={n_embd} {p}")
@@ -204,19 +181,6 @@ def test_q8_0_cache_needs_whole_blocks_per_head(tmp_path: Path) -> None:
         assert m.forward([1, 2, 3], 0).shape == (m.n_vocab,)
 
 
-def _c_config(**kw) -> object:
-    cfg = ffi.new("lb_model_config *")
-    base = dict(
-        arch=0, n_vocab=32, n_embd=64, n_layer=1, n_head=2, n_head_kv=1, head_dim=32, n_ff=64,
-        rms_eps=1e-5, rope_kind=0, rope_dim=32, rope_theta=10000.0, rope_pos_scale=1.0, n_ctx=16,
-        n_batch=8, n_threads=1, kv_type=8,
-    )  # fmt: skip
-    base.update(kw)
-    for k, v in base.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
@@ -228,10 +192,10 @@ def _c_config(**kw) -> object:
 )
 def test_c_refuses_unsupported_kv_caches(kw: dict, message: str) -> None:
     out = ffi.new("lb_model **")
-    assert lib.lb_model_create(_c_config(**kw), out) == 2  # LB_ERR_UNSUPPORTED
+    assert lib.lb_model_create(c_model_config(**{"kv_type": 8, **kw}), out) == 2  # LB_ERR_UNSUPPORTED
     assert out[0] == ffi.NULL
     assert message in ffi.string(lib.lb_last_error()).decode()
-    assert lib.lb_model_create(_c_config(), out) == 0  # head_dim 32 with Q8_0 is fine
+    assert lib.lb_model_create(c_model_config(kv_type=8), out) == 0  # head_dim 32 with Q8_0 is fine
     lib.lb_model_free(out[0])
 
 

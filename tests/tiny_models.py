@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -263,3 +264,28 @@ def rewrite_gguf(
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def prefill_then_decode(model: Any, tokens: list[int], n_prefill: int) -> np.ndarray:
+    """Logits for every position of a Model: one batched call, then one call per token."""
+    model.reset()
+    out = [model.forward(tokens[:n_prefill], 0, logits_all=True)]
+    for i in range(n_prefill, len(tokens)):
+        out.append(model.forward([tokens[i]], i)[None, :])
+    return np.concatenate(out)
+
+
+def c_model_config(**kw: Any) -> object:
+    """A valid lb_model_config of a one-layer model for the C API, with fields overridden."""
+    from lowbit.core.native import ffi
+
+    cfg = ffi.new("lb_model_config *")
+    base = dict(
+        arch=0, n_vocab=32, n_embd=64, n_layer=1, n_head=2, n_head_kv=1, head_dim=32, n_ff=64,
+        rms_eps=1e-5, rope_kind=0, rope_dim=32, rope_theta=10000.0, rope_pos_scale=1.0, n_ctx=16,
+        n_batch=8, n_threads=1, kv_type=1,
+    )  # fmt: skip
+    base.update(kw)
+    for k, v in base.items():
+        setattr(cfg, k, v)
+    return cfg

@@ -19,6 +19,7 @@ about its numerics, so tight tolerances can be used:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,3 +161,19 @@ def forward(
     h = rmsnorm(x, weights["output_norm.weight"])
     out_name = "output.weight" if "output.weight" in weights else "token_embd.weight"
     return linear(out_name, h).numpy()
+
+
+def forward_tiny(tm: Any, tokens: list[int], **kw: Any) -> np.ndarray:
+    """:func:`forward` with the shape and weights of a tests.tiny_models.TinyModel."""
+    return forward(
+        tm.weights,
+        tokens,
+        arch=tm.arch,
+        n_layer=tm.n_layer,
+        n_head=tm.n_head,
+        n_head_kv=tm.n_head_kv,
+        rms_eps=tm.rms_eps,
+        rope_theta=tm.rope_theta,
+        inv_freq=tm.hf_inv_freq,
+        **kw,
+    )

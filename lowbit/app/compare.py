@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from lowbit.core.compare import Answer, Comparison, compare_models
 
 from .bridge import JobHandle
+from .formatting import show_fraction
 from .settings import AppContext
 
 DIVERGED = "background-color: rgba(255, 196, 0, 0.35);"
@@ -162,9 +163,7 @@ class CompareDialog(QDialog):
 
     @Slot(object)
     def _progress(self, p) -> None:
-        if p.total:
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(int(1000 * min(1.0, p.done / p.total)))
+        show_fraction(self.progress, p.done, p.total)
         self.summary.setText(p.message)
 
     @Slot(object)

@@ -1,10 +1,12 @@
-"""Small formatting helpers the pages share."""
+"""Small display helpers the pages share."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Any
+
+from PySide6.QtWidgets import QProgressBar
 
 from lowbit.core.library import LibraryEntry
 
@@ -21,6 +23,15 @@ def format_eta(seconds: float | None) -> str:
         return f"about {m} min {s:02d} s left"
     h, m = divmod(m, 60)
     return f"about {h} h {m:02d} min left"
+
+
+def show_fraction(bar: QProgressBar, done: float, total: float | None) -> bool:
+    """Show done/total on a 0..1000 bar. False, and the bar untouched, when the total is unknown."""
+    if not total:
+        return False
+    bar.setRange(0, 1000)
+    bar.setValue(int(1000 * min(1.0, done / total)))
+    return True
 
 
 def latest_evaluation(entry: LibraryEntry) -> dict[str, Any] | None:

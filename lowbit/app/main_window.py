@@ -27,7 +27,7 @@ from lowbit.core.conversations import ConversationStore
 
 from .bridge import JobHandle, WorkerBridge
 from .chat_page import ChatPage
-from .formatting import format_eta
+from .formatting import format_eta, show_fraction
 from .settings import AppContext, AppSettings
 from .settings_page import SettingsPage
 from .theme import apply_theme
@@ -105,10 +105,7 @@ class JobStatus(QWidget):
         if p and p.eta_s is not None and p.eta_s >= 1:
             text += f" · {format_eta(p.eta_s)}"
         self.label.setText(text + more)
-        if p and p.total:
-            self.bar.setRange(0, 1000)
-            self.bar.setValue(int(1000 * min(1.0, p.done / p.total)))
-        else:
+        if not (p and show_fraction(self.bar, p.done, p.total)):
             self.bar.setRange(0, 0)  # busy
         self.setVisible(True)
 

@@ -64,7 +64,7 @@ from lowbit.core.worker import Progress
 
 from .bridge import JobHandle
 from .charts import QualitySizeChart
-from .formatting import format_eta
+from .formatting import format_eta, show_fraction
 from .settings import AppContext
 from .theme import is_dark
 
@@ -526,8 +526,7 @@ class SourcePage(QWizardPage):
     def _download_progress(self, h: JobHandle, p: Progress) -> None:
         if h is not self._download:
             return
-        if p.total:
-            self.download_bar.setValue(int(1000 * min(1.0, p.done / p.total)))
+        show_fraction(self.download_bar, p.done, p.total)
         text = p.message or "Downloading…"
         eta = format_eta(p.eta_s)
         self.download_status.setText(f"{text} — {eta}" if eta else text)
@@ -708,9 +707,7 @@ class LevelsPage(QWizardPage):
     def _estimate_progress(self, h: JobHandle, p: Progress) -> None:
         if h is not self._job:
             return
-        if p.total:
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(int(1000 * min(1.0, p.done / p.total)))
+        show_fraction(self.progress, p.done, p.total)
 
     def _estimated(self, h: JobHandle, result: tuple[ModelShape, list[Level]]) -> None:
         if h is not self._job:
@@ -1109,8 +1106,7 @@ class RunPage(QWizardPage):
         if h is not self._job or h.cancelled:
             return
         self.last_stage = p.stage
-        if p.total:
-            self.bar.setValue(int(1000 * min(1.0, p.done / p.total)))
+        show_fraction(self.bar, p.done, p.total)
         self.stage.setText(p.message or self.STAGES.get(p.stage, p.stage))
         self.eta.setText(format_eta(p.eta_s))
 

@@ -8,6 +8,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QV
 from lowbit.core.library import LibraryEntry
 
 from .bridge import JobHandle
+from .formatting import show_fraction
 from .settings import AppContext
 
 
@@ -90,9 +91,7 @@ class WelcomePage(QWidget):
 
     @Slot(object)
     def _progress(self, p) -> None:
-        if p.total:
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(int(1000 * min(1.0, p.done / p.total)))
+        show_fraction(self.progress, p.done, p.total)
         self.status.setText(p.message or p.stage)
 
     @Slot(object)

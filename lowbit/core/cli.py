@@ -20,16 +20,6 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=None, help="context length in tokens")
 
 
-def _add_kv_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--kv-type",
-        choices=["f16", "q8_0"],
-        default="f16",
-        type=str.lower,
-        help="KV cache type: q8_0 takes about half the memory of f16 (default: f16)",
-    )
-
-
 def _add_sampling_options(p: argparse.ArgumentParser, *, temperature: float) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default: 256)")
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
@@ -56,6 +46,8 @@ def _sampling(args: argparse.Namespace) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_eval import add_kv_option
+
     parser = argparse.ArgumentParser(
         prog="lowbit", description="Run quantized language models locally. Without a command: the app."
     )
@@ -63,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="complete a prompt")
     _add_model_options(g)
-    _add_kv_option(g)
+    add_kv_option(g)
     g.add_argument("--prompt", required=True, help="the prompt text")
     g.add_argument(
         "--chat", action="store_true", help="send the prompt as a user message via the chat template"
@@ -73,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("chat", help="interactive multi-turn chat")
     _add_model_options(c)
-    _add_kv_option(c)
+    add_kv_option(c)
     c.add_argument("--system", default=None, help="system prompt")
     _add_sampling_options(c, temperature=0.7)
 

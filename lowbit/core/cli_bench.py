@@ -10,7 +10,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .cli_eval import positive_int
+from .cli_eval import add_kv_option, positive_int
 from .errors import CancelledError, LowbitError
 
 if TYPE_CHECKING:
@@ -46,13 +46,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reps", type=positive_int, default=1, metavar="N", help="repetitions, medians shown (default: 1)"
     )
-    p.add_argument(
-        "--kv-type",
-        choices=["f16", "q8_0"],
-        default="f16",
-        type=str.lower,
-        help="KV cache type: q8_0 takes about half the memory of f16 (default: f16)",
-    )
+    add_kv_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 

@@ -28,6 +28,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_kv_option(p: argparse.ArgumentParser) -> None:
+    """--kv-type, shared by generate, chat and bench."""
+    p.add_argument(
+        "--kv-type",
+        choices=["f16", "q8_0"],
+        default="f16",
+        type=str.lower,
+        help="KV cache type: q8_0 takes about half the memory of f16 (default: f16)",
+    )
+
+
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command to the ``lowbit`` parser's subcommands.
 
