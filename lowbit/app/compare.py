@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from typing import Any
 
 from PySide6.QtCore import Slot
 from PySide6.QtWidgets import (
@@ -31,16 +32,10 @@ DIVERGED = "background-color: rgba(255, 196, 0, 0.35);"
 FIRST = "background-color: rgba(255, 120, 0, 0.65); font-weight: bold;"
 
 
-def _compare_job(ctx, a: str, b: str, prompt: str, max_tokens: int, n_ctx: int, n_threads: int) -> Comparison:
+def _compare_job(ctx, a: str, b: str, prompt: str, max_tokens: int, load: dict[str, Any]) -> Comparison:
+    messages = [{"role": "user", "content": prompt}]
     return compare_models(
-        a,
-        b,
-        [{"role": "user", "content": prompt}],
-        max_tokens=max_tokens,
-        n_ctx=n_ctx,
-        n_threads=n_threads,
-        progress=ctx.progress,
-        cancel=ctx.cancel,
+        a, b, messages, max_tokens=max_tokens, progress=ctx.progress, cancel=ctx.cancel, **load
     )
 
 
@@ -132,7 +127,6 @@ class CompareDialog(QDialog):
         if not a or not b or not prompt:
             self.summary.setText("Choose two models from the library and write a prompt.")
             return None
-        s = self.ctx.settings
         self.job = self.ctx.bridge.call(
             "model",
             _compare_job,
@@ -141,8 +135,7 @@ class CompareDialog(QDialog):
             b,
             prompt,
             self.max_tokens.value(),
-            s.n_ctx,
-            s.threads,
+            self.ctx.settings.load_options(),  # the engine settings, as for chat
         )
         self.job.progress.connect(self._progress)
         self.job.done.connect(self.show_result)

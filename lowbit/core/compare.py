@@ -59,13 +59,12 @@ def answer(
     messages: Sequence[Mapping[str, str]],
     *,
     max_tokens: int = 128,
-    n_ctx: int | None = None,
-    n_threads: int | None = None,
     cancel: CancelToken | None = None,
     on_token: Callable[[int], None] | None = None,
+    **load: Any,
 ) -> Answer:
-    """Load a model, answer greedily, and free it."""
-    with Model.load(path, n_ctx=n_ctx, n_threads=n_threads) as model:
+    """Load a model (``load``: options of :meth:`Model.load`), answer greedily, and free it."""
+    with Model.load(path, **load) as model:
         engine = Engine(model)
         ids = engine.encode_prompt(engine.render_chat(messages))
         token_ids: list[int] = []
@@ -92,12 +91,12 @@ def compare_models(
     messages: Sequence[Mapping[str, str]],
     *,
     max_tokens: int = 128,
-    n_ctx: int | None = None,
-    n_threads: int | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
+    **load: Any,
 ) -> Comparison:
-    """Answer with model A, then model B, and find where the answers part."""
+    """Answer with model A, then model B (both loaded with ``load``, options of
+    :meth:`Model.load`), and find where the answers part."""
     results = []
     for k, path in enumerate((path_a, path_b)):
         label = "A" if k == 0 else "B"
@@ -108,17 +107,7 @@ def compare_models(
 
         if progress is not None:
             progress("load", k * max_tokens, 2 * max_tokens, f"Loading model {label}: {Path(path).name}")
-        results.append(
-            answer(
-                path,
-                messages,
-                max_tokens=max_tokens,
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                cancel=cancel,
-                on_token=tick,
-            )
-        )
+        results.append(answer(path, messages, max_tokens=max_tokens, cancel=cancel, on_token=tick, **load))
     a, b = results
     # token texts, not ids: they compare across two vocabularies too
     return Comparison(a, b, first_divergence(a.pieces, b.pieces))
