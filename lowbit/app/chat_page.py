@@ -589,7 +589,7 @@ class ChatPage(QWidget):
             self._truncate_from(self._editing)
             self._cancel_edit()
         self.input.clear()
-        if not self.store.messages(self.conversation.id):
+        if not self.views:  # the view holds the open conversation's messages
             self.rename(_title_from(text))
         self._add_view(self.store.add_message(self.conversation.id, "user", text))
         self._start_reply()
