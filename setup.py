@@ -2,4 +2,8 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["native/build_ffi.py:ffibuilder"])
+setup(
+    cffi_modules=["native/build_ffi.py:ffibuilder"],
+    # cffi's module uses only the stable ABI: one wheel per platform serves Python 3.10+
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)

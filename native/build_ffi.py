@@ -37,7 +37,9 @@ def _cdef_text() -> str:
 
 def _compile_args(sanitize: bool) -> tuple[list[str], list[str]]:
     if sys.platform == "win32":
-        return ["/O2", "/std:c11"], []
+        # MSVC: <stdatomic.h> needs the C11 atomics switch (Visual Studio 2022 17.5+); the
+        # SIMD files need no flag, MSVC emits any instruction set's intrinsics
+        return ["/O2", "/std:c11", "/experimental:c11atomics"], []
     cflags = ["-O2", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     ldflags = ["-lm", "-pthread"]
     cflags.append("-pthread")

@@ -108,7 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_bench_parser(sub)
     add_models_parsers(sub)
-    sub.add_parser("app", help="start the desktop app")
+    a = sub.add_parser("app", help="start the desktop app")
+    a.add_argument("model", nargs="?", default=None, help="a GGUF model to open in chat")
+
+    sc = sub.add_parser("self-check", help="check that this installation works, then exit")
+    sc.add_argument("model", nargs="?", default=None, help="a GGUF model: load it and generate tokens")
+    sc.add_argument("--tokens", type=int, default=16, help="tokens to generate (default: 16)")
+    sc.add_argument("--threads", type=int, default=None)
+    sc.add_argument("--gui", action="store_true", help="also open the main window and close it")
+    sc.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -119,12 +127,23 @@ def _presets() -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `lowbit FILE.gguf` (how a file manager opens a model) starts the app on it
+    if len(argv) == 1 and argv[0].lower().endswith(".gguf"):
+        argv = ["app", argv[0]]
+    if not argv:
+        # straight to the window: the full parser imports the quantizer to list presets
+        from lowbit.app.main import run_app
+
+        return run_app()
     args = build_parser().parse_args(argv)
     if args.command in (None, "app"):
         from lowbit.app.main import run_app
 
-        return run_app()
+        return run_app(model=getattr(args, "model", None))
     try:
+        if args.command == "self-check":
+            return cmd_self_check(args)
         if args.command == "generate":
             return cmd_generate(args)
         if args.command == "chat":
@@ -155,6 +174,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"lowbit: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_self_check(args: argparse.Namespace) -> int:
+    from .selfcheck import environment, generate_check
+
+    report: dict[str, Any] = environment()
+    if not args.json:
+        print(", ".join(f"{k}: {v}" for k, v in report.items()))
+    if args.model:
+        gen = generate_check(args.model, args.tokens, n_threads=args.threads)
+        report["generate"] = gen
+        if not args.json:
+            print(f"generated {len(gen['tokens'])} tokens at {gen['decode_tps']} tok/s: {gen['text']!r}")
+    if args.gui:
+        from lowbit.app.main import self_check_gui
+
+        try:
+            report["gui"] = self_check_gui()
+        except RuntimeError as e:
+            print(f"lowbit: {e}", file=sys.stderr)
+            return 1
+        if not args.json:
+            print(f"window shown {report['gui']['shown_s']} s after start, closed cleanly")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print("self-check passed")
     return 0
 
 
