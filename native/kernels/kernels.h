@@ -83,6 +83,16 @@ typedef void (*lb_attn_axpy_fn)(int64_t n, float w, const uint16_t *v, float *o)
 float lb_attn_dot_ref(int64_t n, const float *q, const uint16_t *k);
 void lb_attn_axpy_ref(int64_t n, float w, const uint16_t *v, float *o);
 
+/* The same over all n_keys keys of a head in one call (key p at k + p *
+ * k_stride bytes): s[p] = attn_dot(n, q, key p); and o[0..n) = the sum over p
+ * in order of w[p] * v_p[i], starting from o = 0, each product and sum rounded
+ * on its own (attn_axpy repeated). One call instead of one per key lets a path
+ * keep the output in registers and overlap the keys' dependency chains. */
+typedef void (*lb_attn_scores_f16_fn)(int64_t n, int64_t n_keys, const float *q, const void *k, size_t k_stride,
+                                      float *s);
+typedef void (*lb_attn_wsum_f16_fn)(int64_t n, int64_t n_keys, const float *w, const void *v, size_t v_stride,
+                                    float *o);
+
 /* Attention over a Q8_0 KV cache, n (a whole number of blocks) values per
  * head. Scores: s[p] = the Q8_0 vec_dot of the query q (encoded to Q8_0) with
  * key row p (at k + p * k_stride bytes), for p < n_keys: exactly
@@ -107,6 +117,8 @@ typedef struct lb_kernels {
                                                    the reference ones */
     lb_attn_dot_fn attn_dot;                   /* NULL: the reference */
     lb_attn_axpy_fn attn_axpy;
+    lb_attn_scores_f16_fn attn_scores_f16;    /* NULL: attn_dot key by key */
+    lb_attn_wsum_f16_fn attn_wsum_f16;        /* NULL: attn_axpy key by key */
     lb_attn_scores_q8_0_fn attn_scores_q8_0;  /* NULL: the path's Q8_0 vec_dot, key by key */
     lb_attn_wsum_q8_0_fn attn_wsum_q8_0;      /* NULL: the reference */
 } lb_kernels;

@@ -542,6 +542,91 @@ static void lb_x86_attn_axpy(int64_t n, float w, const uint16_t *v, float *o) {
     }
 }
 
+LB_INLINE __m256 lb_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* Four keys at a time, each with lb_x86_attn_dot's operations: the four
+ * dependency chains of adds overlap instead of waiting on each other. */
+static void lb_x86_attn_scores_f16(int64_t n, int64_t n_keys, const float *q, const void *k, size_t k_stride,
+                                   float *s) {
+    const uint8_t *kr = (const uint8_t *)k;
+    const int64_t n8 = n & ~(int64_t)7;
+    float qt[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* the tail of q, zero padded as in lb_x86_attn_dot */
+    memcpy(qt, q + n8, (size_t)(n - n8) * sizeof *q);
+    int64_t p = 0;
+    for (; p + 4 <= n_keys; p += 4) {
+        const uint16_t *kp[4];
+        __m256 acc[4];
+        LB_UNROLL
+        for (int c = 0; c < 4; c++) {
+            kp[c] = (const uint16_t *)(kr + (size_t)(p + c) * k_stride);
+            acc[c] = _mm256_setzero_ps();
+        }
+        for (int64_t i = 0; i < n8; i += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + i);
+            LB_UNROLL
+            for (int c = 0; c < 4; c++) {
+                acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(qv, lb_f16x8(kp[c] + i)));
+            }
+        }
+        if (n8 < n) {
+            const __m256 qv = _mm256_loadu_ps(qt);
+            LB_UNROLL
+            for (int c = 0; c < 4; c++) {
+                acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(qv, lb_load_f16_part(kp[c] + n8, n - n8)));
+            }
+        }
+        LB_UNROLL
+        for (int c = 0; c < 4; c++) {
+            s[p + c] = lb_hsum_ps(acc[c]);
+        }
+    }
+    for (; p < n_keys; p++) {
+        s[p] = lb_x86_attn_dot(n, q, (const uint16_t *)(kr + (size_t)p * k_stride));
+    }
+}
+
+/* 64 outputs at a time held in registers over every key (then 8, then one):
+ * per element, lb_x86_attn_axpy's product and sum in key order. */
+static void lb_x86_attn_wsum_f16(int64_t n, int64_t n_keys, const float *w, const void *v, size_t v_stride,
+                                 float *o) {
+    const uint8_t *vr = (const uint8_t *)v;
+    int64_t i0 = 0;
+    for (; i0 + 64 <= n; i0 += 64) {
+        __m256 acc[8];
+        LB_UNROLL
+        for (int c = 0; c < 8; c++) {
+            acc[c] = _mm256_setzero_ps();
+        }
+        for (int64_t p = 0; p < n_keys; p++) {
+            const uint16_t *row = (const uint16_t *)(vr + (size_t)p * v_stride) + i0;
+            const __m256 wv = _mm256_set1_ps(w[p]);
+            LB_UNROLL
+            for (int c = 0; c < 8; c++) {
+                acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(wv, lb_f16x8(row + 8 * c)));
+            }
+        }
+        LB_UNROLL
+        for (int c = 0; c < 8; c++) {
+            _mm256_storeu_ps(o + i0 + 8 * c, acc[c]);
+        }
+    }
+    for (; i0 + 8 <= n; i0 += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t p = 0; p < n_keys; p++) {
+            const uint16_t *row = (const uint16_t *)(vr + (size_t)p * v_stride) + i0;
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(w[p]), lb_f16x8(row)));
+        }
+        _mm256_storeu_ps(o + i0, acc);
+    }
+    for (; i0 < n; i0++) {
+        float acc = 0.0f;
+        for (int64_t p = 0; p < n_keys; p++) {
+            acc += w[p] * lb_h2f(((const uint16_t *)(vr + (size_t)p * v_stride))[i0]);
+        }
+        o[i0] = acc;
+    }
+}
+
 /* Lane i = the sum of the 8 lanes of p[i]. */
 LB_INLINE __m256i lb_reduce8(const __m256i p[8]) {
     const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
@@ -832,7 +917,8 @@ LB_X86_ENTRIES(q6_K, lb_dot_q6_K)
                       [LB_TYPE_Q6_K] = lb_vdm_q6_K},                                                          \
     .from_float = {[LB_TYPE_Q8_0] = lb_x86_quantize_q8_0, [LB_TYPE_Q8_1] = lb_x86_quantize_q8_1,               \
                    [LB_TYPE_Q8_K] = lb_x86_quantize_q8_K},                                                    \
-    .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy,                                                \
+    .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy, .attn_scores_f16 = lb_x86_attn_scores_f16,     \
+    .attn_wsum_f16 = lb_x86_attn_wsum_f16,                                                                      \
     .attn_scores_q8_0 = lb_x86_attn_scores_q8_0, .attn_wsum_q8_0 = lb_x86_attn_wsum_q8_0
 
 #endif /* LB_X86_SIMD_H */

@@ -598,6 +598,8 @@ typedef struct lb_attn_job {
     int64_t n_tok;
     lb_attn_dot_fn dot;         /* F16 cache */
     lb_attn_axpy_fn axpy;
+    lb_attn_scores_f16_fn f16_scores; /* NULL: dot key by key */
+    lb_attn_wsum_f16_fn f16_wsum;     /* NULL: axpy key by key */
     lb_from_float_fn q8_encode; /* Q8_0 cache */
     lb_attn_scores_q8_0_fn q8_scores; /* NULL: q8_dot key by key */
     lb_vec_dot_fn q8_dot;
@@ -621,6 +623,13 @@ static void lb_attn_scores(const lb_attn_job *j, const float *q, const uint8_t *
                 j->q8_dot(hd, &sc[p], qq, kc + (size_t)p * m->kv_row);
             }
         }
+        for (int64_t p = 0; p < n_keys; p++) {
+            sc[p] *= scale;
+        }
+        return;
+    }
+    if (j->f16_scores) {
+        j->f16_scores(hd, n_keys, q, kc, m->kv_row, sc);
         for (int64_t p = 0; p < n_keys; p++) {
             sc[p] *= scale;
         }
@@ -662,11 +671,15 @@ static void lb_attn_task(void *ctx, int64_t task, int tid) {
     }
     const float inv = 1.0f / sum;
     float *o = m->xn + t * m->q_dim + (int64_t)h * hd;
-    if (c->kv_type == LB_TYPE_Q8_0) {
+    if (c->kv_type == LB_TYPE_Q8_0 || j->f16_wsum) {
         for (int64_t p = 0; p < n_keys; p++) {
-            sc[p] *= inv;
+            sc[p] *= inv; /* the weight the key-by-key loop below computes */
         }
-        j->q8_wsum(hd, n_keys, sc, vc, m->kv_row, o);
+        if (c->kv_type == LB_TYPE_Q8_0) {
+            j->q8_wsum(hd, n_keys, sc, vc, m->kv_row, o);
+        } else {
+            j->f16_wsum(hd, n_keys, sc, vc, m->kv_row, o);
+        }
         return;
     }
     for (int i = 0; i < hd; i++) {
@@ -761,7 +774,8 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
             }
         }
         lb_attn_job aj = {m, l, pos0, n_tok, kern->attn_dot ? kern->attn_dot : lb_attn_dot_ref,
-                          kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref, q8_encode, kern->attn_scores_q8_0,
+                          kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref, kern->attn_scores_f16,
+                          kern->attn_wsum_f16, q8_encode, kern->attn_scores_q8_0,
                           lb_kernel_vec_dot(kern, LB_TYPE_Q8_0),
                           kern->attn_wsum_q8_0 ? kern->attn_wsum_q8_0 : lb_attn_wsum_q8_0_ref};
         lb_pool_run(m->pool, lb_attn_task, &aj, n_tok * c->n_head);
