@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -218,10 +219,10 @@ def build_deb(app: Path, pngs: dict[int, Path], out: Path, ver: str) -> Path:
     doc = root / "usr" / "share" / "doc" / "lowbit"
     doc.mkdir(parents=True)
     shutil.copyfile(HERE / "copyright", doc / "copyright")
-    changelog = (
-        f"lowbit ({ver}) unstable; urgency=medium\n\n  * Release {ver}.\n\n"
-        f" -- {MAINTAINER}  Mon, 23 Nov 2026 12:00:00 +0000\n"
-    )
+    # the build's date, or SOURCE_DATE_EPOCH for a reproducible package
+    epoch = float(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    when = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(epoch))
+    changelog = f"lowbit ({ver}) unstable; urgency=medium\n\n  * Release {ver}.\n\n -- {MAINTAINER}  {when}\n"
     with gzip.GzipFile(doc / "changelog.gz", "wb", mtime=0, compresslevel=9) as f:
         f.write(changelog.encode())
     lib = root / "usr" / "lib" / "lowbit"
