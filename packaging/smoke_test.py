@@ -37,14 +37,11 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     for name in ("SYSTEMROOT", "WINDIR", "TEMP", "TMP", "TMPDIR", "COMSPEC"):
         if name in os.environ:
             env[name] = os.environ[name]
-    env["PATH"] = (
-        os.pathsep.join(
-            p
-            for p in os.environ.get("PATH", "").split(os.pathsep)
-            if p.startswith(("/usr", "/bin", "C:\\Windows"))
-        )
-        or "/usr/bin:/bin"
-    )
+    if os.name == "nt":
+        system = os.environ.get("SYSTEMROOT", r"C:\Windows")
+        env["PATH"] = os.pathsep.join([os.path.join(system, "System32"), system])
+    else:
+        env["PATH"] = "/usr/bin:/bin"
     env.update(extra)
     return env
 
