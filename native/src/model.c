@@ -623,22 +623,15 @@ static void lb_attn_scores(const lb_attn_job *j, const float *q, const uint8_t *
                 j->q8_dot(hd, &sc[p], qq, kc + (size_t)p * m->kv_row);
             }
         }
-        for (int64_t p = 0; p < n_keys; p++) {
-            sc[p] *= scale;
-        }
-        return;
-    }
-    if (j->f16_scores) {
+    } else if (j->f16_scores) {
         j->f16_scores(hd, n_keys, q, kc, m->kv_row, sc);
+    } else {
         for (int64_t p = 0; p < n_keys; p++) {
-            sc[p] *= scale;
+            sc[p] = j->dot(hd, q, (const uint16_t *)(kc + (size_t)p * m->kv_row));
         }
-        return;
     }
     for (int64_t p = 0; p < n_keys; p++) {
-        float d = j->dot(hd, q, (const uint16_t *)(kc + (size_t)p * m->kv_row));
-        d *= scale;
-        sc[p] = d;
+        sc[p] *= scale;
     }
 }
 
@@ -671,22 +664,20 @@ static void lb_attn_task(void *ctx, int64_t task, int tid) {
     }
     const float inv = 1.0f / sum;
     float *o = m->xn + t * m->q_dim + (int64_t)h * hd;
-    if (c->kv_type == LB_TYPE_Q8_0 || j->f16_wsum) {
-        for (int64_t p = 0; p < n_keys; p++) {
-            sc[p] *= inv; /* the weight the key-by-key loop below computes */
-        }
-        if (c->kv_type == LB_TYPE_Q8_0) {
-            j->q8_wsum(hd, n_keys, sc, vc, m->kv_row, o);
-        } else {
-            j->f16_wsum(hd, n_keys, sc, vc, m->kv_row, o);
-        }
-        return;
-    }
-    for (int i = 0; i < hd; i++) {
-        o[i] = 0.0f;
-    }
     for (int64_t p = 0; p < n_keys; p++) {
-        j->axpy(hd, sc[p] * inv, (const uint16_t *)(vc + (size_t)p * m->kv_row), o);
+        sc[p] *= inv;
+    }
+    if (c->kv_type == LB_TYPE_Q8_0) {
+        j->q8_wsum(hd, n_keys, sc, vc, m->kv_row, o);
+    } else if (j->f16_wsum) {
+        j->f16_wsum(hd, n_keys, sc, vc, m->kv_row, o);
+    } else {
+        for (int i = 0; i < hd; i++) {
+            o[i] = 0.0f;
+        }
+        for (int64_t p = 0; p < n_keys; p++) {
+            j->axpy(hd, sc[p], (const uint16_t *)(vc + (size_t)p * m->kv_row), o);
+        }
     }
 }
 
