@@ -151,6 +151,15 @@ def tidy_elf(tree: Path) -> list[Path]:
     return kept
 
 
+def dpkg_owner(path: str | Path) -> str | None:
+    """The Debian package that installed ``path``, or None."""
+    for spelling in (str(path), str(path).replace("/usr/lib/", "/lib/", 1)):  # dpkg knows one of the two
+        out = subprocess.run(["dpkg", "-S", spelling], capture_output=True, text=True)
+        if out.returncode == 0:
+            return out.stdout.split(":", 1)[0].strip()
+    return None
+
+
 def use_system_libraries(lib: Path) -> list[str]:
     """Remove the bundle's copies of libraries that Debian packages provide; returns those packages.
 
@@ -169,11 +178,9 @@ def use_system_libraries(lib: Path) -> list[str]:
             "/usr/lib",
         ):
             system = Path(d) / f.name
-            if not system.exists():
-                continue
-            out = subprocess.run(["dpkg", "-S", str(system)], capture_output=True, text=True)
-            if out.returncode == 0:
-                packages.add(out.stdout.split(":", 1)[0].strip())
+            owner = dpkg_owner(system) if system.exists() else None
+            if owner is not None:
+                packages.add(owner)
                 f.unlink()
                 break
     return sorted(packages)
@@ -200,14 +207,7 @@ def shared_lib_depends(lib: Path) -> list[str]:
         syms = subprocess.run(["objdump", "-T", str(f)], capture_output=True, text=True).stdout
         for major, minor in re.findall(r"GLIBC_(\d+)\.(\d+)", syms):
             glibc = max(glibc, (int(major), int(minor)))
-    packages: set[str] = set()
-    for path in sorted(system):
-        out = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True)
-        if out.returncode != 0:  # /lib vs /usr/lib: dpkg knows one spelling
-            alt = path.replace("/usr/lib/", "/lib/", 1)
-            out = subprocess.run(["dpkg", "-S", alt], capture_output=True, text=True)
-        if out.returncode == 0:
-            packages.add(out.stdout.split(":", 1)[0].strip())
+    packages = {owner for path in sorted(system) if (owner := dpkg_owner(path)) is not None}
     packages.discard("libc6")
     return [f"libc6 (>= {glibc[0]}.{glibc[1]})", *sorted(packages)]
 
