@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer
 from PySide6.QtGui import QFileOpenEvent, QGuiApplication, QIcon
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 
 from lowbit.resources import icon_path
 
@@ -42,17 +42,21 @@ class FileOpener(QObject):
         return False
 
 
-def run_app(argv: list[str] | None = None, model: str | None = None) -> int:
-    """Create the QApplication and the main window; returns the exit code."""
+def _main_window(args: list[str], model: str | None = None) -> tuple[QApplication, QWidget]:
+    """The application, themed from the saved settings, and its main window (not shown yet)."""
     from .main_window import MainWindow
     from .settings import AppSettings
     from .theme import apply_theme
 
-    args = list(sys.argv if argv is None else argv)
-    app = _application(args[:1])
+    app = _application(args)
     settings = AppSettings()
     apply_theme(settings.theme)
-    window = MainWindow(model, settings=settings)
+    return app, MainWindow(model, settings=settings)
+
+
+def run_app(argv: list[str] | None = None, model: str | None = None) -> int:
+    """Create the QApplication and the main window; returns the exit code."""
+    app, window = _main_window(list(sys.argv if argv is None else argv)[:1], model)
     app.installEventFilter(FileOpener(window))
     window.show()
     return app.exec()
@@ -85,15 +89,8 @@ def self_check_gui(timeout_s: float = 30.0) -> dict[str, float]:
     Returns the seconds from process start to the window shown and to the event
     loop's clean exit. Raises RuntimeError when the window does not close cleanly.
     """
-    from .main_window import MainWindow
-    from .settings import AppSettings
-    from .theme import apply_theme
-
     age = _process_age()
-    app = _application(sys.argv[:1])
-    settings = AppSettings()
-    apply_theme(settings.theme)
-    window = MainWindow(settings=settings)
+    app, window = _main_window(sys.argv[:1])
     result: dict[str, float] = {}
 
     def shown() -> None:
