@@ -55,7 +55,10 @@ def test_json_has_the_keys_with_sane_values(tied_path: Path, capsys) -> None:
     for key in ("prompt_tps", "decode_tps", "ttft_s", "peak_rss_mib", "bandwidth_gbs", "roofline_pct"):
         assert isinstance(d[key], float) and math.isfinite(d[key]) and d[key] > 0, key
     assert isinstance(d["bytes_per_token"], int) and d["bytes_per_token"] > 0
-    assert d["roofline_pct"] < 100  # the bound holds whatever the timing
+    # the share of the bound, from the other fields (a model this small sits in the CPU's
+    # caches, where main-memory bandwidth does not bound it, so it may pass 100)
+    want = 100 * d["bytes_per_token"] * d["decode_tps"] / (d["bandwidth_gbs"] * 1e9)
+    assert d["roofline_pct"] == pytest.approx(want, rel=0.01, abs=0.01)
     assert d["model"] == tied_path.name and d["type"] == "Q4_0"
     assert (d["threads"], d["prompt_tokens"], d["gen_tokens"]) == (1, 24, 4)
     assert d["isa"] is None or isinstance(d["isa"], str)

@@ -140,11 +140,13 @@ def _misaligned(data: np.ndarray, offset: int) -> np.ndarray:
 @pytest.mark.parametrize("path", SIMD or ["none"])
 @pytest.mark.parametrize("t", QUANT_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("case", ["moderate", "random", "all_ones", "zero_scale"])
-def test_quantized_vec_dot_is_exact(path: str, t: QT, case: str) -> None:
+@pytest.mark.parametrize("rows", [5, 16], ids=["rows5", "rows16"])
+def test_quantized_vec_dot_is_exact(path: str, t: QT, case: str, rows: int) -> None:
+    # 16 rows: Q4_0, IQ4_NL and Q8_0 go through the repacked 8-row kernels on the
+    # SIMD paths (as lb_model_set_tensor repacks them); the scalar path never repacks
     if path == "none":
         pytest.skip("no SIMD path on this CPU")
-    rng = np.random.default_rng([int(t), len(case)])
-    rows = 5
+    rng = np.random.default_rng([int(t), len(case), rows])
     for n_blocks in (1, 3, 4, 5, 8, 13, 48):  # tails of every length after groups of 4
         n = n_blocks * _block_elems(t)
         w = random_quant_blocks(rng, int(t), rows * n_blocks, case)
@@ -246,6 +248,45 @@ def test_tiny_model_logits_agree_on_every_path(tmp_path: Path, qtype: QT) -> Non
             assert_same_floats(batched[p], ref, f"{qtype.name} {p} batched")
             # the multi-token kernels give each token what one-token calls give
             assert_same_floats(stepwise[p], ref, f"{qtype.name} {p} one token at a time")
+
+
+REPACKED_TYPES = [QT.Q4_0, QT.IQ4_NL, QT.Q8_0]
+
+
+@pytest.mark.parametrize("qtype", REPACKED_TYPES, ids=lambda q: q.name)
+def test_repacked_weights_give_the_source_layouts_logits(
+    tmp_path: Path, qtype: QT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose matrices were repacked at load computes exactly what the same
+    model read in the file's layout computes, on every path, batched or not."""
+    tm = make_tiny_model(tmp_path / "m.gguf", weight_type=qtype, seed=int(qtype) + 3)
+    tokens = [int(v) for v in np.random.default_rng(6).integers(0, 261, size=17)]
+    monkeypatch.setenv("LOWBIT_REPACK", "0")
+    with Model.load(tm.path, n_ctx=64, n_threads=2) as m:
+        assert lib.lb_model_repacked_bytes(m._ptr) == 0
+        want = prefill_then_decode(m, tokens, 10)
+    monkeypatch.delenv("LOWBIT_REPACK")
+    for load_path in SIMD:
+        assert set_isa(load_path) == 0
+        with Model.load(tm.path, n_ctx=64, n_threads=2) as m:
+            # every matrix (rows a multiple of 8) and the tied output are repacked
+            assert lib.lb_model_repacked_bytes(m._ptr) > 0
+            assert lib.lb_model_tensor_repacked(m._ptr, 5, 0) == 1  # blk.0.attn_q
+            assert lib.lb_model_tensor_repacked(m._ptr, 2, -1) == 1  # the tied output
+            # token_embd: its rows come from the output's copy
+            assert lib.lb_model_tensor_repacked(m._ptr, 0, -1) == 1
+            batched = on_each_path(lambda m=m: prefill_then_decode(m, tokens, 10))
+            stepwise = on_each_path(lambda m=m: _decode_only(m, tokens))
+        for p in AVAILABLE:
+            assert_same_floats(batched[p], want, f"{qtype.name} loaded on {load_path}, run on {p}")
+            assert_same_floats(stepwise[p], want, f"{qtype.name} loaded on {load_path}, run on {p}, stepwise")
+
+
+def test_scalar_path_does_not_repack(tmp_path: Path) -> None:
+    tm = make_tiny_model(tmp_path / "m.gguf", weight_type=QT.Q4_0, seed=2)
+    assert set_isa("scalar") == 0
+    with Model.load(tm.path, n_ctx=16, n_threads=1) as m:
+        assert lib.lb_model_repacked_bytes(m._ptr) == 0
 
 
 def test_smollm2_logits_agree_on_every_path(smollm2_model: Model) -> None:

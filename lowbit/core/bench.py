@@ -3,7 +3,8 @@
 Decoding one token reads every weight once, so its speed is bounded by memory
 bandwidth: ``bytes_per_token * tokens_per_second <= bandwidth``. The benchmark
 measures both sides in the same run with the same thread count and reports how
-close decoding comes to that bound.
+close decoding comes to that bound. (A model small enough to stay in the CPU's
+caches is not bound by main memory and may pass 100%.)
 
 Lowbit's model code is imported inside the functions: :func:`time_generation` also
 drives other engines, in processes that should not load it.

@@ -180,7 +180,14 @@ def scratch_bytes(
     if cache_type.lower() == "q8_0":
         block, values = KV_CACHE_TYPES["q8_0"]
         query = n_threads * math.ceil(hp.head_dim / values) * block
-    return 4 * (floats + att) + inv_freq + nb * act + query
+    info = _act_info_bytes(nb, hp.n_embd, q_dim, hp.n_ff)
+    return 4 * (floats + att) + inv_freq + nb * act + query + info
+
+
+def _act_info_bytes(nb: int, n_embd: int, q_dim: int, n_ff: int) -> int:
+    """The scale and quant sum (8 bytes) of each Q8_0-encoded activation block, for the
+    repacked weights' kernels."""
+    return 8 * nb * (max(n_embd, q_dim, n_ff) // 32 + 1)
 
 
 def runtime_overhead_bytes(gf: GGUFFile) -> int:
@@ -593,6 +600,7 @@ def estimate_memory_from_shape(
     block, values = act_encoding
     act = math.ceil(max(shape.n_embd, q_dim, shape.n_ff) / values) * block
     scratch = 4 * (floats + threads * n_ctx) + (shape.rope_dim // 2) * 8 + nb * act
+    scratch += _act_info_bytes(nb, shape.n_embd, q_dim, shape.n_ff)
     if cache_type.lower() == "q8_0":  # each thread's query head encoded to Q8_0, as scratch_bytes counts
         qblock, qvalues = KV_CACHE_TYPES["q8_0"]
         scratch += threads * math.ceil(shape.head_dim / qvalues) * qblock

@@ -16,6 +16,7 @@ small model take seconds.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -79,6 +80,26 @@ class TensorInfo:
         for d in self.shape:
             n *= d
         return n
+
+
+def drop_pages(t: TensorInfo) -> None:
+    """Take a tensor's pages of the file mapping out of this process's resident memory.
+
+    For a tensor the engine no longer reads from the file (it keeps a repacked
+    copy): a later read would fault the pages back in from the page cache, so
+    nothing is lost. Does nothing where the OS has no ``madvise``.
+    """
+    base = t.data
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    mm = getattr(base, "_mmap", None)  # the mapping starts at file offset 0
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    page = mmap.PAGESIZE
+    start = -(-t.offset // page) * page  # whole pages inside the tensor only
+    end = (t.offset + t.nbytes) // page * page
+    if end > start:
+        mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 @dataclass(frozen=True)

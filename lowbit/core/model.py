@@ -26,7 +26,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .fit import KV_CACHE_TYPES
-from .gguf_file import GGUFFile, open_gguf
+from .gguf_file import GGUFFile, drop_pages, open_gguf
 from .native import LB_ERR_INVALID_ARGUMENT, LB_ERR_UNSUPPORTED, check, ffi, last_error, lib
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -336,7 +336,14 @@ class Model:
             raise
 
     def _attach_tensors(self) -> None:
-        for name, t in self.file.tensors.items():
+        tensors = list(self.file.tensors.items())
+        # The embedding first, and with tied embeddings also as the output matrix: the
+        # library repacks that copy as it is attached, and the embedding's pages are
+        # dropped before the other weights arrive, so the two copies never meet them.
+        tensors.sort(key=lambda item: item[0] != "token_embd.weight")
+        if "output.weight" not in self.file.tensors and "token_embd.weight" in self.file.tensors:
+            tensors.insert(1, ("output.weight", self.file.tensors["token_embd.weight"]))
+        for name, t in tensors:
             m = _LAYER_RE.match(name)
             if m:
                 layer, role = int(m.group(1)), _ROLES_LAYER.get(m.group(2))
@@ -352,6 +359,10 @@ class Model:
             self._keep.append(buf)
             status = lib.lb_model_set_tensor(self._ptr, role, layer, t.type_id, ne0, ne1, buf, t.nbytes)
             self._check_load(status, name)
+            if lib.lb_model_tensor_repacked(self._ptr, role, layer):
+                # The library reads its own copy from now on (embedding lookups fault in
+                # only the rows they use).
+                drop_pages(t)
 
     def _check_load(self, status: int, what: str) -> None:
         """While loading, the library's complaints are about the file."""

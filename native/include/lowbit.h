@@ -211,8 +211,26 @@ lb_status lb_model_set_tensor(lb_model *m, int32_t role, int32_t layer,
  * each head's slice of a key or value row as Q8_0 blocks (GGML's reference
  * encoding); attention then encodes each query head to Q8_0 too, takes
  * integer dot products with the keys' blocks, and sums the values' decoded
- * blocks weighted by the softmax. */
+ * blocks weighted by the softmax.
+ *
+ * Q4_0, IQ4_NL and Q8_0 matrices with a row count divisible by 8 are also
+ * copied here into a layout of 8 interleaved rows that the x86 kernels read
+ * faster (same bytes in all, same results bit for bit), unless the kernel
+ * path in use has no kernel for it (scalar, NEON) or the environment
+ * variable LOWBIT_REPACK is "0". The caller's memory for such a tensor is
+ * then not read again (lb_model_tensor_repacked), and may be released, for
+ * example by dropping a file mapping's pages. That happens as each tensor
+ * is attached (a tied output matrix: in lb_model_ready, unless attached
+ * explicitly with the embedding's memory). */
 lb_status lb_model_ready(lb_model *m);
+
+/* 1 if the model reads the tensor of this role and layer (-1 for the
+ * global ones) from its own repacked copy, else 0; known from
+ * lb_model_set_tensor on, and for a tied output matrix from lb_model_ready.
+ * The token embedding counts as repacked when the output matrix is attached
+ * with the same memory (tied) and repacked: its rows are then read from the
+ * output's copy. */
+int32_t lb_model_tensor_repacked(const lb_model *m, int32_t role, int32_t layer);
 
 /* Run tokens[0..n_tokens) at positions pos..pos+n_tokens-1. pos may be at most
  * the number of positions already in the cache (lb_model_n_past); a smaller
@@ -236,6 +254,9 @@ void lb_model_cancel(lb_model *m);
 
 /* Bytes the model allocated itself: KV cache plus scratch buffers. */
 size_t lb_model_state_bytes(const lb_model *m);
+
+/* Bytes of the repacked weight copies (lb_model_ready). */
+size_t lb_model_repacked_bytes(const lb_model *m);
 
 void lb_model_free(lb_model *m);
 

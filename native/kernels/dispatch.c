@@ -213,6 +213,18 @@ lb_from_float_fn lb_kernel_from_float(const lb_kernels *k, int32_t type) {
     return lb_get_type_traits(type)->from_float;
 }
 
+lb_gemm_x8_fn lb_kernel_gemm_x8(const lb_kernels *k, int32_t type) {
+    if (type >= 0 && type < LB_TYPE_SLOTS && k->gemm_x8[type] != NULL) {
+        return k->gemm_x8[type];
+    }
+    switch (type) {
+    case LB_TYPE_Q4_0: return lb_gemm_x8_q4_0_ref;
+    case LB_TYPE_IQ4_NL: return lb_gemm_x8_iq4_nl_ref;
+    case LB_TYPE_Q8_0: return lb_gemm_x8_q8_0_ref;
+    default: return NULL;
+    }
+}
+
 /* ---- public API ------------------------------------------------------------- */
 
 const char *lb_isa(void) { return lb_kernels_active()->name; }

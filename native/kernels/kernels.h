@@ -57,6 +57,71 @@ void lb_vec_dot_q4_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q5_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q6_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 
+/* ---- weights repacked at load: 8 rows interleaved ---------------------------
+ * A Q4_0, IQ4_NL or Q8_0 matrix whose row count is a multiple of 8 may be
+ * stored as groups of 8 rows (lb_pack_x8 in repack.c): for each block index
+ * b, the 8 rows' fp16 scales, then their quant bytes four at a time, so that
+ * byte 4k + i of row r's block is qs[32k + 4r + i]. One 32-byte load then
+ * holds four consecutive quant bytes of each of the 8 rows: one int8
+ * dot-product instruction against four activation bytes broadcast to every
+ * lane advances all 8 rows, and each row's sum ends in its own lane with no
+ * horizontal reduction. Q8_0 quants are stored plus 128, as unsigned bytes,
+ * so that they can be the unsigned operand of that instruction. The layout
+ * is the same for every path; the bytes per row are unchanged. */
+#define LB_PACK_ROWS 8
+typedef struct {
+    uint16_t d[LB_PACK_ROWS];
+    uint8_t qs[LB_PACK_ROWS * 16]; /* Q4_0, IQ4_NL: the source's nibble bytes */
+} lb_block_x8_q4;
+typedef struct {
+    uint16_t d[LB_PACK_ROWS];
+    uint8_t qs[LB_PACK_ROWS * 32]; /* Q8_0: the source's quants + 128 */
+} lb_block_x8_q8;
+
+/* A Q8_0 activation block's scale as a float and the sum of its 32 quants,
+ * worked out once per encoded row for every weight row that reads it (the
+ * paths that multiply unsigned weight bytes subtract their offset times the
+ * sum). */
+typedef struct lb_q8_info {
+    float d;
+    int32_t sum;
+} lb_q8_info;
+
+static inline void lb_q8_0_block_info(const void *row, int64_t nb, lb_q8_info *info) {
+    const lb_block_q8_0 *y = (const lb_block_q8_0 *)row;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t acc = 0;
+        for (int i = 0; i < LB_QK8_0; i++) {
+            acc += y[b].qs[i];
+        }
+        info[b].d = lb_fp16_to_fp32(y[b].d);
+        info[b].sum = acc;
+    }
+}
+
+/* s[c * ld_s + r] = the reference vec_dot of row r (0..8 * n_groups - 1) of
+ * n_groups consecutive packed groups (the first at w) with activation row c
+ * (0..nc-1, nc <= LB_MULTI_MAX, at a + c * a_stride, in Q8_0), bit for bit;
+ * yi[c * yi_stride + b] describes activation block b of row c. */
+typedef void (*lb_gemm_x8_fn)(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
+                              size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
+void lb_gemm_x8_q4_0_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
+                         size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
+void lb_gemm_x8_iq4_nl_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
+                           size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
+void lb_gemm_x8_q8_0_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
+                         size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
+
+/* Whether lb_pack_x8 takes the type; the bytes of one packed group of 8 rows
+ * of n elements are 8 times the row's bytes. */
+int lb_pack_x8_type(int32_t type);
+/* Pack rows (nrows, a multiple of 8, of n elements; src row-major in the
+ * GGUF layout) into dst, which holds as many bytes as src. */
+void lb_pack_x8(int32_t type, const void *src, int64_t nrows, int64_t n, void *dst);
+/* The inverse for one row: row `row` of packed rows of n elements, in the
+ * GGUF layout, to dst (one row's bytes). */
+void lb_unpack_x8_row(int32_t type, const void *packed, int64_t n, int64_t row, void *dst);
+
 /* ---- run-time dispatch (dispatch.c) --------------------------------------- */
 
 /* Slots in the per-type tables: every type id of the traits table. */
@@ -121,6 +186,8 @@ typedef struct lb_kernels {
     lb_attn_wsum_f16_fn attn_wsum_f16;        /* NULL: attn_axpy key by key */
     lb_attn_scores_q8_0_fn attn_scores_q8_0;  /* NULL: the path's Q8_0 vec_dot, key by key */
     lb_attn_wsum_q8_0_fn attn_wsum_q8_0;      /* NULL: the reference */
+    lb_gemm_x8_fn gemm_x8[LB_TYPE_SLOTS];     /* packed weights; NULL: the path does not pack that type
+                                                 (lb_kernel_gemm_x8 gives the reference) */
 } lb_kernels;
 
 /* The active path, chosen on first use from the CPU and LOWBIT_ISA. Never
@@ -133,6 +200,9 @@ const lb_kernels *lb_kernels_active(void);
 lb_vec_dot_fn lb_kernel_vec_dot(const lb_kernels *k, int32_t type);
 lb_vec_dot_multi_fn lb_kernel_vec_dot_multi(const lb_kernels *k, int32_t type);
 lb_from_float_fn lb_kernel_from_float(const lb_kernels *k, int32_t type);
+/* The packed-weight kernel for a packable type: the path's, else the
+ * reference (weights packed under one path stay usable after lb_set_isa). */
+lb_gemm_x8_fn lb_kernel_gemm_x8(const lb_kernels *k, int32_t type);
 
 /* The paths built into this binary for the CPU family (each checks its own
  * CPU features before dispatch selects it). */

@@ -842,6 +842,278 @@ static void lb_x86_quantize_q8_K(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- packed groups of 8 rows (kernels.h: lb_block_x8_q4, lb_block_x8_q8) ---------
+ * Lane r of every integer vector belongs to row r of the group. The weight
+ * bytes are the unsigned operand where the product instruction allows it:
+ * Q4_0's nibbles (0..15) on both paths; with VNNI also IQ4_NL's levels and
+ * Q8_0's quants, both stored or looked up plus 128. The offset times the
+ * activation block's quant sum then comes off the integer sum, which leaves
+ * it exact. Without VNNI, maddubs would saturate its int16 pair sums on
+ * bytes up to 255, so IQ4_NL and Q8_0 multiply signed bytes with the sign
+ * trick instead. */
+
+/* Decoding streams each weight once (a prompt's tiles reuse theirs from
+ * cache, where prefetching only evicts). The groups lie one after another,
+ * so the bytes LB_PF_BYTES past block b will be read soon; the hardware
+ * prefetcher stops at every 4 KiB page, and this keeps memory busy across
+ * them (up to 2x when streaming, measured). Past the end of the matrix it
+ * is harmless: a prefetch never faults, and the address is formed as an
+ * integer. */
+#define LB_PF_BYTES 4096
+
+LB_INLINE void lb_prefetch_x8(const int type, const void *w, int64_t b) {
+    const size_t gb = type == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8) : sizeof(lb_block_x8_q4);
+    const uintptr_t at = (uintptr_t)w + (uintptr_t)b * gb + LB_PF_BYTES;
+    for (size_t line = 0; line < gb; line += 64) {
+        _mm_prefetch((const char *)(at + line), _MM_HINT_T0);
+    }
+}
+
+LB_INLINE __m256i lb_bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+/* acc + lane-wise sums of four products u[i] * s[i], u unsigned. */
+LB_INLINE __m256i lb_dp_acc(__m256i acc, __m256i u, __m256i s) {
+#if LB_X86_VNNI
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* The 32 quants of block b of the 8 rows as 8 vectors, vector k holding the
+ * row's elements 4k..4k+3 in lane r (Q4: low nibbles are elements 0..15,
+ * high ones 16..31, so k < 4 takes low nibbles and k >= 4 high ones), and
+ * the 8 scales. */
+LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i q[8]) {
+    if (type == LB_TYPE_Q8_0) {
+        const lb_block_x8_q8 *x = (const lb_block_x8_q8 *)w + b;
+        LB_UNROLL
+        for (int k = 0; k < 8; k++) {
+            const __m256i v = lb_loadu256(x->qs + 32 * k);
+            q[k] = LB_X86_VNNI ? v : _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
+        }
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+    }
+    const lb_block_x8_q4 *x = (const lb_block_x8_q4 *)w + b;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    LB_UNROLL
+    for (int k = 0; k < 4; k++) {
+        const __m256i v = lb_loadu256(x->qs + 32 * k);
+        q[k] = _mm256_and_si256(v, m4);
+        q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    }
+    if (type == LB_TYPE_IQ4_NL) {
+        const __m256i levels = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lb_kvalues_iq4nl));
+        const __m256i table = LB_X86_VNNI ? _mm256_xor_si256(levels, _mm256_set1_epi8((char)0x80)) : levels;
+        LB_UNROLL
+        for (int k = 0; k < 8; k++) {
+            q[k] = _mm256_shuffle_epi8(table, q[k]);
+        }
+    }
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+}
+
+/* Blocks b0..b0+cnt-1 (cnt <= 4, b0 a multiple of 4) of a group against nc
+ * activation rows; block b0 + i adds into acc[c][i] (lb_fold4's partial sum
+ * i) with the reference's float steps, (float)isum * (dx * dy). */
+LB_INLINE void lb_group_x8(const int type, const void *w, const uint8_t *a, size_t a_stride, const lb_q8_info *yi,
+                           int64_t yi_stride, int64_t b0, const int cnt, const int nc, __m256 acc[][4]) {
+    const int signed_w = !LB_X86_VNNI && type != LB_TYPE_Q4_0;
+    /* the offset of unsigned weight bytes, as a shift: 8 or 128; 0: none */
+    const int bias_shift = type == LB_TYPE_Q4_0 ? 3 : (LB_X86_VNNI ? 7 : 0);
+    LB_UNROLL
+    for (int i = 0; i < 4; i++) {
+        if (i >= cnt) {
+            break;
+        }
+        __m256i q[8];
+        if (nc == 1) {
+            lb_prefetch_x8(type, w, b0 + i);
+        }
+        const __m256 dx = lb_unpack_x8(type, w, b0 + i, q);
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            const lb_block_q8_0 *y = (const lb_block_q8_0 *)(a + (size_t)c * a_stride) + b0 + i;
+            const lb_q8_info *inf = yi + c * yi_stride + b0 + i;
+            /* start from -offset * sum, so the products land on the exact isum */
+            __m256i is = _mm256_setzero_si256();
+            if (bias_shift) {
+                is = _mm256_sub_epi32(is, _mm256_slli_epi32(_mm256_set1_epi32(inf->sum), bias_shift));
+            }
+            LB_UNROLL
+            for (int k = 0; k < 8; k++) {
+                const __m256i yb = lb_bcast4(y->qs + 4 * k);
+                is = signed_w ? lb_dp_acc(is, _mm256_sign_epi8(q[k], q[k]), _mm256_sign_epi8(yb, q[k]))
+                              : lb_dp_acc(is, q[k], yb);
+            }
+            const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dx, _mm256_set1_ps(inf->d)));
+            acc[c][i] = _mm256_add_ps(acc[c][i], t);
+        }
+    }
+}
+
+/* One group of 8 rows. */
+LB_INLINE void lb_gemm_x8(const int type, int64_t n, float *s, int64_t ld_s, const void *w, const void *a,
+                          size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, const int nc) {
+    const int64_t nb = n / 32;
+    __m256 acc[LB_MULTI_MAX][4];
+    for (int c = 0; c < nc; c++) {
+        for (int i = 0; i < 4; i++) {
+            acc[c][i] = _mm256_setzero_ps();
+        }
+    }
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        lb_group_x8(type, w, (const uint8_t *)a, a_stride, yi, yi_stride, b, 4, nc, acc);
+    }
+    if (b < nb) {
+        lb_group_x8(type, w, (const uint8_t *)a, a_stride, yi, yi_stride, b, (int)(nb - b), nc, acc);
+    }
+    for (int c = 0; c < nc; c++) {
+        const __m256 f = _mm256_add_ps(_mm256_add_ps(acc[c][0], acc[c][2]), _mm256_add_ps(acc[c][1], acc[c][3]));
+        _mm256_storeu_ps(s + c * ld_s, f);
+    }
+}
+
+#if LB_X86_VNNI
+/* ---- two groups at once in 512-bit vectors (AVX-512) ----------------------------
+ * The same work as lb_group_x8 for 16 rows: lanes 0..7 are the first
+ * group's rows, 8..15 the second's, so one broadcast of four activation
+ * bytes feeds 16 rows and every instruction does twice the work. */
+
+LB_INLINE __m512i lb_join256(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, int64_t b, __m512i q[8]) {
+    const uint16_t *d0, *d1;
+    if (type == LB_TYPE_Q8_0) {
+        const lb_block_x8_q8 *x0 = (const lb_block_x8_q8 *)w0 + b, *x1 = (const lb_block_x8_q8 *)w1 + b;
+        LB_UNROLL
+        for (int k = 0; k < 8; k++) {
+            q[k] = lb_join256(lb_loadu256(x0->qs + 32 * k), lb_loadu256(x1->qs + 32 * k));
+        }
+        d0 = x0->d;
+        d1 = x1->d;
+    } else {
+        const lb_block_x8_q4 *x0 = (const lb_block_x8_q4 *)w0 + b, *x1 = (const lb_block_x8_q4 *)w1 + b;
+        const __m512i m4 = _mm512_set1_epi8(15);
+        LB_UNROLL
+        for (int k = 0; k < 4; k++) {
+            const __m512i v = lb_join256(lb_loadu256(x0->qs + 32 * k), lb_loadu256(x1->qs + 32 * k));
+            q[k] = _mm512_and_si512(v, m4);
+            q[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+        if (type == LB_TYPE_IQ4_NL) {
+            const __m512i levels = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lb_kvalues_iq4nl));
+            const __m512i table = _mm512_xor_si512(levels, _mm512_set1_epi8((char)0x80));
+            LB_UNROLL
+            for (int k = 0; k < 8; k++) {
+                q[k] = _mm512_shuffle_epi8(table, q[k]);
+            }
+        }
+        d0 = x0->d;
+        d1 = x1->d;
+    }
+    const __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)d0)),
+                                              _mm_loadu_si128((const __m128i *)d1), 1);
+    return _mm512_cvtph_ps(h);
+}
+
+LB_INLINE void lb_group_x16(const int type, const void *w0, const void *w1, const uint8_t *a, size_t a_stride,
+                            const lb_q8_info *yi, int64_t yi_stride, int64_t b0, const int cnt, const int nc,
+                            __m512 acc[][4]) {
+    const int bias_shift = type == LB_TYPE_Q4_0 ? 3 : 7;
+    LB_UNROLL
+    for (int i = 0; i < 4; i++) {
+        if (i >= cnt) {
+            break;
+        }
+        if (nc == 1) {
+            lb_prefetch_x8(type, w0, b0 + i);
+            lb_prefetch_x8(type, w1, b0 + i);
+        }
+        __m512i q[8];
+        const __m512 dx = lb_unpack_x16(type, w0, w1, b0 + i, q);
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            const lb_block_q8_0 *y = (const lb_block_q8_0 *)(a + (size_t)c * a_stride) + b0 + i;
+            const lb_q8_info *inf = yi + c * yi_stride + b0 + i;
+            __m512i is = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                          _mm512_slli_epi32(_mm512_set1_epi32(inf->sum), (unsigned)bias_shift));
+            LB_UNROLL
+            for (int k = 0; k < 8; k++) {
+                int32_t v;
+                memcpy(&v, y->qs + 4 * k, sizeof v);
+                is = _mm512_dpbusd_epi32(is, q[k], _mm512_set1_epi32(v));
+            }
+            const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dx, _mm512_set1_ps(inf->d)));
+            acc[c][i] = _mm512_add_ps(acc[c][i], t);
+        }
+    }
+}
+
+/* Two groups: rows 0..15 from w0 (8 rows) and w1 (the next 8). */
+LB_INLINE void lb_gemm_x16(const int type, int64_t n, float *s, int64_t ld_s, const void *w0, const void *w1,
+                           const void *a, size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, const int nc) {
+    const int64_t nb = n / 32;
+    __m512 acc[LB_MULTI_MAX][4];
+    for (int c = 0; c < nc; c++) {
+        for (int i = 0; i < 4; i++) {
+            acc[c][i] = _mm512_setzero_ps();
+        }
+    }
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        lb_group_x16(type, w0, w1, (const uint8_t *)a, a_stride, yi, yi_stride, b, 4, nc, acc);
+    }
+    if (b < nb) {
+        lb_group_x16(type, w0, w1, (const uint8_t *)a, a_stride, yi, yi_stride, b, (int)(nb - b), nc, acc);
+    }
+    for (int c = 0; c < nc; c++) {
+        const __m512 f = _mm512_add_ps(_mm512_add_ps(acc[c][0], acc[c][2]), _mm512_add_ps(acc[c][1], acc[c][3]));
+        _mm512_storeu_ps(s + c * ld_s, f);
+    }
+}
+#endif
+
+/* n_groups consecutive groups: in pairs where 512-bit vectors serve. */
+LB_INLINE void lb_gemm_groups(const int type, int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w,
+                              const void *a, size_t a_stride, const lb_q8_info *yi, int64_t yi_stride,
+                              const int nc) {
+    const size_t gbytes = (size_t)(n / 32) * (type == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8) : sizeof(lb_block_x8_q4));
+    int64_t g = 0;
+#if LB_X86_VNNI
+    for (; g + 2 <= n_groups; g += 2) {
+        const uint8_t *w0 = (const uint8_t *)w + (size_t)g * gbytes;
+        lb_gemm_x16(type, n, s + g * LB_PACK_ROWS, ld_s, w0, w0 + gbytes, a, a_stride, yi, yi_stride, nc);
+    }
+#endif
+    for (; g < n_groups; g++) {
+        lb_gemm_x8(type, n, s + g * LB_PACK_ROWS, ld_s, (const uint8_t *)w + (size_t)g * gbytes, a, a_stride, yi,
+                   yi_stride, nc);
+    }
+}
+
+#define LB_X86_GEMM_X8(name, type)                                                                         \
+    static void lb_gx8_##name(int64_t n, int64_t ng, float *s, int64_t ld_s, const void *w, const void *a,  \
+                              size_t as, const lb_q8_info *ys, int64_t yst, int nc) {                        \
+        switch (nc) {                                                                                        \
+        case 1: lb_gemm_groups(type, n, ng, s, ld_s, w, a, as, ys, yst, 1); break;                          \
+        case 2: lb_gemm_groups(type, n, ng, s, ld_s, w, a, as, ys, yst, 2); break;                          \
+        case 3: lb_gemm_groups(type, n, ng, s, ld_s, w, a, as, ys, yst, 3); break;                          \
+        default: lb_gemm_groups(type, n, ng, s, ld_s, w, a, as, ys, yst, 4); break;                         \
+        }                                                                                                    \
+    }
+LB_X86_GEMM_X8(q4_0, LB_TYPE_Q4_0)
+LB_X86_GEMM_X8(iq4_nl, LB_TYPE_IQ4_NL)
+LB_X86_GEMM_X8(q8_0, LB_TYPE_Q8_0)
+#undef LB_X86_GEMM_X8
+
 /* ---- entry points ---------------------------------------------------------------
  * For each kernel K(n, s, ld_s, w, a, a_stride, nc): a vec_dot (nc = 1) and
  * a multi-row version that instantiates K for each nc up to LB_MULTI_MAX. */
@@ -919,6 +1191,7 @@ LB_X86_ENTRIES(q6_K, lb_dot_q6_K)
                    [LB_TYPE_Q8_K] = lb_x86_quantize_q8_K},                                                    \
     .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy, .attn_scores_f16 = lb_x86_attn_scores_f16,     \
     .attn_wsum_f16 = lb_x86_attn_wsum_f16,                                                                      \
-    .attn_scores_q8_0 = lb_x86_attn_scores_q8_0, .attn_wsum_q8_0 = lb_x86_attn_wsum_q8_0
+    .attn_scores_q8_0 = lb_x86_attn_scores_q8_0, .attn_wsum_q8_0 = lb_x86_attn_wsum_q8_0,                   \
+    .gemm_x8 = {[LB_TYPE_Q4_0] = lb_gx8_q4_0, [LB_TYPE_IQ4_NL] = lb_gx8_iq4_nl, [LB_TYPE_Q8_0] = lb_gx8_q8_0}
 
 #endif /* LB_X86_SIMD_H */

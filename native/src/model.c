@@ -1,6 +1,8 @@
 /* The transformer forward pass (llama and qwen2 families).
  *
- * Weights are used in place from caller memory (a memory-mapped GGUF file).
+ * Weights are used in place from caller memory (a memory-mapped GGUF file),
+ * except the matrices that the active path reads faster in 8 interleaved
+ * rows: those are copied into that layout as they are attached.
  * lb_model_ready() allocates the KV cache and every scratch buffer, so
  * lb_forward() allocates nothing. Work inside a step is spread over the
  * thread pool as independent tasks: row chunks of a matrix multiply, token
@@ -13,13 +15,14 @@
 #include "lb_internal.h"
 #include "threadpool.h"
 
-#define LB_ROWS_PER_TASK 16
+#define LB_ROWS_PER_TASK 16 /* a multiple of LB_PACK_ROWS */
 
 typedef struct lb_tensor {
     int32_t type;
     int64_t ne0, ne1;   /* row length, rows */
     const void *data;   /* NULL: not attached */
     size_t row_bytes;
+    void *packed;       /* the rows repacked in groups of 8 (lb_pack_x8), owned; NULL: not packed */
 } lb_tensor;
 
 typedef struct lb_layer {
@@ -72,7 +75,10 @@ struct lb_model {
     uint8_t *q8;                /* Q8_0 cache: [n_threads][head_row] one query head, encoded */
     uint8_t *act;               /* encoded activations: [n_batch][act_row_max] */
     size_t act_row_max;
+    lb_q8_info *act_info;       /* [n_batch][act_blocks]: of the Q8_0-encoded activation blocks */
+    int64_t act_blocks;
     size_t state_bytes;
+    size_t packed_bytes;        /* weights repacked at load (owned copies) */
 
     lb_pool *pool;
 };
@@ -164,6 +170,31 @@ static const char *lb_role_name(int32_t role) {
     return names[role];
 }
 
+/* Whether t is repacked at load: a packable type, whole groups of rows, a
+ * path at load time that has a kernel for the layout (the scalar and NEON
+ * paths read the source layout faster than the reference reads the packed
+ * one), and LOWBIT_REPACK not set to 0. */
+static int lb_should_pack(const lb_tensor *t, const lb_kernels *k) {
+    const char *env = getenv("LOWBIT_REPACK");
+    return t->data && lb_pack_x8_type(t->type) && t->ne1 % LB_PACK_ROWS == 0 && k->gemm_x8[t->type] != NULL &&
+           !(env && strcmp(env, "0") == 0);
+}
+
+static lb_status lb_pack_tensor(lb_model *m, lb_tensor *t, const lb_kernels *k) {
+    if (t->packed || !lb_should_pack(t, k)) {
+        return LB_OK;
+    }
+    const size_t bytes = t->row_bytes * (size_t)t->ne1; /* checked in lb_model_set_tensor */
+    t->packed = malloc(bytes);
+    if (!t->packed) {
+        return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for repacked weights (%.1f MiB)",
+                       (double)bytes / (1024.0 * 1024.0));
+    }
+    lb_pack_x8(t->type, t->data, t->ne1, t->ne0, t->packed);
+    m->packed_bytes += bytes;
+    return LB_OK;
+}
+
 lb_status lb_model_set_tensor(lb_model *m, int32_t role, int32_t layer, int32_t type, int64_t ne0,
                               int64_t ne1, const void *data, size_t nbytes) {
     lb_clear_error();
@@ -230,12 +261,21 @@ lb_status lb_model_set_tensor(lb_model *m, int32_t role, int32_t layer, int32_t 
     if ((uintptr_t)data % 4 != 0) {
         return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: tensor data is not 4-byte aligned", lb_role_name(role));
     }
+    if (t->packed) { /* a tensor attached again */
+        m->packed_bytes -= t->row_bytes * (size_t)t->ne1;
+        free(t->packed);
+        t->packed = NULL;
+    }
     t->type = type;
     t->ne0 = ne0;
     t->ne1 = ne1;
     t->data = data;
     t->row_bytes = row;
-    return LB_OK;
+    /* Repack now rather than in lb_model_ready, so that a caller can release
+     * each tensor's source as it goes and the two copies never coexist in
+     * full. The token embedding is looked up row by row, in the source or
+     * in a tied output's copy (lb_embd_from_output). */
+    return role == LB_T_TOKEN_EMBD ? LB_OK : lb_pack_tensor(m, t, lb_kernels_active());
 }
 
 static void *lb_alloc(size_t n, size_t size, size_t *total) {
@@ -259,6 +299,15 @@ static size_t lb_act_bytes(const lb_tensor *t, size_t cur) {
     return b > cur ? b : cur;
 }
 
+/* With the output matrix tied to the token embedding (the same memory) and
+ * repacked, embedding rows are read from the packed copy too, so that the
+ * caller's memory is not read again: a lookup there would also fault in the
+ * pages around each row (fault-around), over a long prompt as much as the
+ * whole matrix. */
+static int lb_embd_from_output(const lb_model *m) {
+    return m->output.packed != NULL && m->output.data == m->tok_embd.data;
+}
+
 lb_status lb_model_ready(lb_model *m) {
     lb_clear_error();
     if (!m) {
@@ -275,7 +324,12 @@ lb_status lb_model_ready(lb_model *m) {
         return lb_fail(LB_ERR_INVALID_ARGUMENT, "missing tensor output_norm");
     }
     if (!m->output.data) {
-        m->output = m->tok_embd; /* tied embeddings */
+        m->output = m->tok_embd; /* tied embeddings; a packed copy of its own */
+        lb_status st = lb_pack_tensor(m, &m->output, lb_kernels_active());
+        if (st != LB_OK) {
+            m->output.data = NULL;
+            return st;
+        }
     }
     for (int l = 0; l < c->n_layer; l++) {
         const lb_layer *L = &m->layers[l];
@@ -306,6 +360,8 @@ lb_status lb_model_ready(lb_model *m) {
         act = lb_act_bytes(&L->w_down, act);
     }
     m->act_row_max = act;
+    m->act_blocks = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    m->act_blocks = (m->act_blocks > m->q_dim ? m->act_blocks : m->q_dim) / 32 + 1;
 
     const size_t nb = (size_t)c->n_batch;
     const int q8_kv = c->kv_type == LB_TYPE_Q8_0;
@@ -328,11 +384,12 @@ lb_status lb_model_ready(lb_model *m) {
     m->inv_freq = (double *)lb_alloc((size_t)c->rope_dim / 2, sizeof(double), &total);
     m->att = (float *)lb_alloc((size_t)c->n_threads * (size_t)c->n_ctx, sizeof(float), &total);
     m->act = (uint8_t *)lb_alloc(nb, act, &total);
+    m->act_info = (lb_q8_info *)lb_alloc(nb * (size_t)m->act_blocks, sizeof(lb_q8_info), &total);
     if (q8_kv) {
         m->q8 = (uint8_t *)lb_alloc((size_t)c->n_threads, m->head_row, &total);
     }
     if (!m->k_cache || !m->v_cache || !m->x || !m->xn || !m->q || !m->k || !m->v || !m->tmp || !m->gate ||
-        !m->up || !m->rope_cs || !m->inv_freq || !m->att || !m->act || (q8_kv && !m->q8)) {
+        !m->up || !m->rope_cs || !m->inv_freq || !m->att || !m->act || !m->act_info || (q8_kv && !m->q8)) {
         return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the KV cache and buffers (%.1f MiB)",
                        (double)total / (1024.0 * 1024.0));
     }
@@ -364,6 +421,19 @@ void lb_model_free(lb_model *m) {
         return;
     }
     lb_pool_free(m->pool);
+    if (m->layers) {
+        for (int l = 0; l < m->cfg.n_layer; l++) {
+            lb_layer *L = &m->layers[l];
+            free(L->wq.packed);
+            free(L->wk.packed);
+            free(L->wv.packed);
+            free(L->wo.packed);
+            free(L->w_gate.packed);
+            free(L->w_up.packed);
+            free(L->w_down.packed);
+        }
+    }
+    free(m->output.packed);
     free(m->layers);
     free(m->k_cache);
     free(m->v_cache);
@@ -379,6 +449,7 @@ void lb_model_free(lb_model *m) {
     free(m->inv_freq);
     free(m->att);
     free(m->act);
+    free(m->act_info);
     free(m->q8);
     free(m);
 }
@@ -393,6 +464,31 @@ void lb_model_cancel(lb_model *m) {
 
 size_t lb_model_state_bytes(const lb_model *m) { return m ? m->state_bytes : 0; }
 
+size_t lb_model_repacked_bytes(const lb_model *m) { return m ? m->packed_bytes : 0; }
+
+int32_t lb_model_tensor_repacked(const lb_model *m, int32_t role, int32_t layer) {
+    if (!m) {
+        return 0;
+    }
+    if (layer == -1) {
+        return (role == LB_T_OUTPUT && m->output.packed != NULL) || (role == LB_T_TOKEN_EMBD && lb_embd_from_output(m));
+    }
+    if (layer < 0 || layer >= m->cfg.n_layer) {
+        return 0;
+    }
+    const lb_layer *L = &m->layers[layer];
+    switch (role) {
+    case LB_T_ATTN_Q: return L->wq.packed != NULL;
+    case LB_T_ATTN_K: return L->wk.packed != NULL;
+    case LB_T_ATTN_V: return L->wv.packed != NULL;
+    case LB_T_ATTN_OUT: return L->wo.packed != NULL;
+    case LB_T_FFN_GATE: return L->w_gate.packed != NULL;
+    case LB_T_FFN_UP: return L->w_up.packed != NULL;
+    case LB_T_FFN_DOWN: return L->w_down.packed != NULL;
+    default: return 0;
+    }
+}
+
 /* ---- parallel building blocks ------------------------------------------- */
 
 typedef struct lb_encode_job {
@@ -401,12 +497,18 @@ typedef struct lb_encode_job {
     lb_from_float_fn encode;
     uint8_t *dst;               /* [n][row_bytes] */
     size_t row_bytes;
+    lb_q8_info *info;           /* Q8_0 only: [n][info_stride] */
+    int64_t info_stride;
 } lb_encode_job;
 
 static void lb_encode_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     const lb_encode_job *j = (const lb_encode_job *)ctx;
-    j->encode(j->src + t * j->ld_src, j->dst + (size_t)t * j->row_bytes, j->n_elems);
+    uint8_t *row = j->dst + (size_t)t * j->row_bytes;
+    j->encode(j->src + t * j->ld_src, row, j->n_elems);
+    if (j->info) {
+        lb_q8_0_block_info(row, j->n_elems / LB_QK8_0, j->info + t * j->info_stride);
+    }
 }
 
 /* One weight matrix of a matmul job and where its results go. */
@@ -417,6 +519,7 @@ typedef struct lb_mm_part {
     int64_t task_end;           /* one past this part's last task in the job */
     lb_vec_dot_fn dot;
     lb_vec_dot_multi_fn multi;  /* NULL: one vec_dot per (row, token) */
+    lb_gemm_x8_fn gemm_x8;      /* w->packed: the kernel for it */
 } lb_mm_part;
 
 /* Up to three matrices that read the same encoded input, run as one pool job
@@ -427,6 +530,8 @@ typedef struct lb_mm_part {
 typedef struct lb_matmul_job {
     const uint8_t *act;         /* [n_tok][act_row] encoded inputs */
     size_t act_row;
+    const lb_q8_info *act_info; /* [n_tok][act_blocks] (Q8_0 inputs) */
+    int64_t act_blocks;
     int64_t n_tok;
     int n_parts;
     int swiglu;
@@ -439,6 +544,17 @@ typedef struct lb_matmul_job {
 static void lb_matmul_rows(const lb_matmul_job *j, const lb_mm_part *p, int64_t r0, int64_t r1) {
     const uint8_t *w = (const uint8_t *)p->w->data;
     const int64_t n = p->w->ne0;
+    if (p->w->packed) { /* r0 and r1 are multiples of 8: task bounds or the row count */
+        const uint8_t *wp = (const uint8_t *)p->w->packed;
+        for (int64_t t = 0; t < j->n_tok; t += LB_MULTI_MAX) {
+            const int nc = (int)(j->n_tok - t < LB_MULTI_MAX ? j->n_tok - t : LB_MULTI_MAX);
+            const uint8_t *a = j->act + (size_t)t * j->act_row;
+            const lb_q8_info *yi = j->act_info + t * j->act_blocks;
+            p->gemm_x8(n, (r1 - r0) / LB_PACK_ROWS, p->out + t * p->ld_out + r0, p->ld_out,
+                       wp + (size_t)r0 * p->w->row_bytes, a, j->act_row, yi, j->act_blocks, nc);
+        }
+        return;
+    }
     if (p->multi != NULL && j->n_tok > 1) {
         for (int64_t t = 0; t < j->n_tok; t += LB_MULTI_MAX) {
             const int nc = (int)(j->n_tok - t < LB_MULTI_MAX ? j->n_tok - t : LB_MULTI_MAX);
@@ -500,7 +616,8 @@ static size_t lb_encode_input(lb_model *m, lb_encoded *enc, const lb_kernels *k,
     const int32_t vt = lb_get_type_traits(w->type)->vec_dot_type;
     const size_t act_row = lb_row_bytes(vt, w->ne0);
     if (!(enc->src == x && enc->type == vt && enc->n_tok == n_tok)) {
-        lb_encode_job ej = {x, ld_x, w->ne0, lb_kernel_from_float(k, vt), m->act, act_row};
+        lb_encode_job ej = {x, ld_x, w->ne0, lb_kernel_from_float(k, vt), m->act, act_row,
+                            vt == LB_TYPE_Q8_0 ? m->act_info : NULL, m->act_blocks};
         lb_pool_run(m->pool, lb_encode_task, &ej, n_tok);
         enc->src = x;
         enc->type = vt;
@@ -537,6 +654,8 @@ static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *c
     memset(&mj, 0, sizeof mj);
     mj.act = m->act;
     mj.act_row = lb_encode_input(m, enc, k, ws[0], x, ld_x, n_tok);
+    mj.act_info = m->act_info;
+    mj.act_blocks = m->act_blocks;
     mj.n_tok = n_tok;
     mj.swiglu = swiglu;
     mj.n_parts = swiglu ? 1 : nw; /* with swiglu, part 1 rides along with part 0's tasks */
@@ -548,6 +667,7 @@ static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *c
         p->ld_out = lds[i];
         p->dot = lb_kernel_vec_dot(k, ws[i]->type);
         p->multi = lb_kernel_vec_dot_multi(k, ws[i]->type);
+        p->gemm_x8 = lb_kernel_gemm_x8(k, ws[i]->type);
         if (i < mj.n_parts) {
             tasks += (ws[i]->ne1 + LB_ROWS_PER_TASK - 1) / LB_ROWS_PER_TASK;
         }
@@ -706,6 +826,12 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
     const lb_type_traits *et = lb_get_type_traits(m->tok_embd.type);
     for (int64_t t = 0; t < n_tok; t++) {
         const uint8_t *row = (const uint8_t *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes;
+        if (lb_embd_from_output(m)) {
+            /* m->act is free until the first matrix, and holds a row: it
+             * fits the output's encoded input, which is no smaller */
+            lb_unpack_x8_row(m->tok_embd.type, m->output.packed, d, tokens[t], m->act);
+            row = m->act;
+        }
         et->to_float(row, m->x + t * d, d);
     }
 

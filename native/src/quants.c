@@ -780,6 +780,26 @@ lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w, size_
         lb_kernel_from_float(k, t->vec_dot_type)(x, scratch, n);
         act = scratch;
     }
+    if (rows % LB_PACK_ROWS == 0 && lb_pack_x8_type(type) && k->gemm_x8[type] != NULL) {
+        /* As lb_model_set_tensor would: repack the rows and use the path's
+         * kernel for that layout. */
+        const int64_t nb = n / LB_QK8_0;
+        void *packed = malloc(w_size);
+        lb_q8_info *yi = (lb_q8_info *)malloc((size_t)nb * sizeof(lb_q8_info));
+        if (packed == NULL || yi == NULL) {
+            free(packed);
+            free(yi);
+            free(scratch);
+            return lb_fail(LB_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for the repacked rows", fn, w_size);
+        }
+        lb_pack_x8(type, w, rows, n, packed);
+        lb_q8_0_block_info(act, nb, yi);
+        k->gemm_x8[type](n, rows / LB_PACK_ROWS, out, 0, packed, act, 0, yi, 0, 1);
+        free(packed);
+        free(yi);
+        free(scratch);
+        return LB_OK;
+    }
     const lb_vec_dot_fn dot = lb_kernel_vec_dot(k, type);
     for (int64_t r = 0; r < rows; r++) {
         dot(n, &out[r], (const char *)w + (size_t)r * row, act);

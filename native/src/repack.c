@@ -1,0 +1,107 @@
+/* Weights repacked at load into groups of 8 interleaved rows (the layout is
+ * described in kernels/kernels.h), and the scalar kernels for that layout,
+ * which define its results: bit for bit those of the type's reference
+ * vec_dot on the unpacked row. */
+#include "../kernels/kernels.h"
+#include "lb_internal.h"
+
+int lb_pack_x8_type(int32_t type) {
+    return type == LB_TYPE_Q4_0 || type == LB_TYPE_IQ4_NL || type == LB_TYPE_Q8_0;
+}
+
+/* Every supported source block is an fp16 scale followed by its quant bytes
+ * (Q4_0 and IQ4_NL: 16 nibble bytes; Q8_0: 32 int8). */
+void lb_pack_x8(int32_t type, const void *src, int64_t nrows, int64_t n, void *dst) {
+    const int q8 = type == LB_TYPE_Q8_0;
+    const size_t qbytes = q8 ? 32 : 16;
+    const size_t bsize = 2 + qbytes;
+    const int64_t nb = n / 32;
+    const size_t row = (size_t)nb * bsize;
+    const uint8_t flip = q8 ? 0x80 : 0x00;
+    for (int64_t g = 0; g < nrows / LB_PACK_ROWS; g++) {
+        const uint8_t *rows = (const uint8_t *)src + (size_t)g * LB_PACK_ROWS * row;
+        uint8_t *out = (uint8_t *)dst + (size_t)g * LB_PACK_ROWS * row;
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *ob = out + (size_t)b * LB_PACK_ROWS * bsize; /* d[8], then qs */
+            for (int r = 0; r < LB_PACK_ROWS; r++) {
+                const uint8_t *ib = rows + (size_t)r * row + (size_t)b * bsize;
+                memcpy(ob + 2 * r, ib, 2);
+                for (size_t j = 0; j < qbytes; j++) {
+                    ob[2 * LB_PACK_ROWS + (j / 4) * 32 + 4 * (size_t)r + j % 4] = (uint8_t)(ib[2 + j] ^ flip);
+                }
+            }
+        }
+    }
+}
+
+void lb_unpack_x8_row(int32_t type, const void *packed, int64_t n, int64_t row, void *dst) {
+    const int q8 = type == LB_TYPE_Q8_0;
+    const size_t qbytes = q8 ? 32 : 16;
+    const size_t bsize = 2 + qbytes;
+    const int64_t nb = n / 32;
+    const uint8_t flip = q8 ? 0x80 : 0x00;
+    const int r = (int)(row % LB_PACK_ROWS);
+    const uint8_t *grp = (const uint8_t *)packed + (size_t)(row / LB_PACK_ROWS) * LB_PACK_ROWS * (size_t)nb * bsize;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *ib = grp + (size_t)b * LB_PACK_ROWS * bsize;
+        uint8_t *ob = (uint8_t *)dst + (size_t)b * bsize;
+        memcpy(ob, ib + 2 * r, 2);
+        for (size_t j = 0; j < qbytes; j++) {
+            ob[2 + j] = (uint8_t)(ib[2 * LB_PACK_ROWS + (j / 4) * 32 + 4 * (size_t)r + j % 4] ^ flip);
+        }
+    }
+}
+
+/* Quant byte j (0..qbytes-1) of row r in a packed block's qs. */
+static inline uint8_t lb_x8_byte(const uint8_t *qs, int r, int j) { return qs[(j / 4) * 32 + 4 * r + j % 4]; }
+
+/* The three kernels differ only in how a row's 32 quants decode to integers;
+ * the float work is lb_vec_dot_*_q8_0's, block by block. */
+static void lb_gemm_x8_ref(int32_t type, int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w,
+                           const void *a, size_t a_stride, int nc) {
+    const int64_t nb = n / 32;
+    const size_t bsize = type == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8) : sizeof(lb_block_x8_q4);
+    for (int64_t g = 0; g < n_groups; g++) {
+        const uint8_t *wg = (const uint8_t *)w + (size_t)g * (size_t)nb * bsize;
+        for (int c = 0; c < nc; c++) {
+            const lb_block_q8_0 *y = (const lb_block_q8_0 *)((const uint8_t *)a + (size_t)c * a_stride);
+            for (int r = 0; r < LB_PACK_ROWS; r++) {
+                float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int64_t b = 0; b < nb; b++) {
+                    int32_t isum = 0;
+                    uint16_t d;
+                    if (type == LB_TYPE_Q8_0) {
+                        const lb_block_x8_q8 *x = (const lb_block_x8_q8 *)wg + b;
+                        d = x->d[r];
+                        for (int j = 0; j < 32; j++) {
+                            isum += ((int)lb_x8_byte(x->qs, r, j) - 128) * y[b].qs[j];
+                        }
+                    } else {
+                        const lb_block_x8_q4 *x = (const lb_block_x8_q4 *)wg + b;
+                        d = x->d[r];
+                        for (int j = 0; j < 16; j++) {
+                            const uint8_t v = lb_x8_byte(x->qs, r, j);
+                            const int lo = type == LB_TYPE_Q4_0 ? (v & 15) - 8 : lb_kvalues_iq4nl[v & 15];
+                            const int hi = type == LB_TYPE_Q4_0 ? (v >> 4) - 8 : lb_kvalues_iq4nl[v >> 4];
+                            isum += lo * y[b].qs[j] + hi * y[b].qs[j + 16];
+                        }
+                    }
+                    acc[b & 3] += (float)isum * (lb_fp16_to_fp32(d) * lb_fp16_to_fp32(y[b].d));
+                }
+                s[c * ld_s + g * LB_PACK_ROWS + r] = lb_fold4(acc);
+            }
+        }
+    }
+}
+
+#define LB_GEMM_X8_REF(name, type)                                                                           \
+    void lb_gemm_x8_##name##_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w,         \
+                                 const void *a, size_t a_stride, const lb_q8_info *yi, int64_t yi_stride,   \
+                                 int nc) {                                                                  \
+        (void)yi;                                                                                           \
+        (void)yi_stride;                                                                                    \
+        lb_gemm_x8_ref(type, n, n_groups, s, ld_s, w, a, a_stride, nc);                                     \
+    }
+LB_GEMM_X8_REF(q4_0, LB_TYPE_Q4_0)
+LB_GEMM_X8_REF(iq4_nl, LB_TYPE_IQ4_NL)
+LB_GEMM_X8_REF(q8_0, LB_TYPE_Q8_0)
