@@ -58,9 +58,10 @@ void lb_vec_dot_q5_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q6_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 
 /* ---- weights repacked at load: 8 rows interleaved ---------------------------
- * A Q4_0, IQ4_NL or Q8_0 matrix whose row count is a multiple of 8 may be
- * stored as groups of 8 rows (lb_pack_x8 in repack.c): for each block index
- * b, the 8 rows' fp16 scales, then their quant bytes four at a time, so that
+ * A Q4_0, Q5_0, IQ4_NL or Q8_0 matrix whose row count is a multiple of 8
+ * may be stored as groups of 8 rows (lb_pack_x8 in repack.c): for each block
+ * index b, the 8 rows' fp16 scales (for Q5_0 then their 32-bit words of high
+ * bits), then their quant bytes four at a time, so that
  * byte 4k + i of row r's block is qs[32k + 4r + i]. One 32-byte load then
  * holds four consecutive quant bytes of each of the 8 rows: one int8
  * dot-product instruction against four activation bytes broadcast to every
@@ -73,6 +74,11 @@ typedef struct {
     uint16_t d[LB_PACK_ROWS];
     uint8_t qs[LB_PACK_ROWS * 16]; /* Q4_0, IQ4_NL: the source's nibble bytes */
 } lb_block_x8_q4;
+typedef struct {
+    uint16_t d[LB_PACK_ROWS];
+    uint32_t qh[LB_PACK_ROWS];     /* Q5_0: each row's high-bit word */
+    uint8_t qs[LB_PACK_ROWS * 16]; /* the source's nibble bytes */
+} lb_block_x8_q5;
 typedef struct {
     uint16_t d[LB_PACK_ROWS];
     uint8_t qs[LB_PACK_ROWS * 32]; /* Q8_0: the source's quants + 128 */
@@ -106,6 +112,8 @@ static inline void lb_q8_0_block_info(const void *row, int64_t nb, lb_q8_info *i
 typedef void (*lb_gemm_x8_fn)(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
                               size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
 void lb_gemm_x8_q4_0_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
+                         size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
+void lb_gemm_x8_q5_0_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
                          size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
 void lb_gemm_x8_iq4_nl_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
                            size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);

@@ -842,11 +842,12 @@ static void lb_x86_quantize_q8_K(const float *src, void *dst, int64_t n) {
     }
 }
 
-/* ---- packed groups of 8 rows (kernels.h: lb_block_x8_q4, lb_block_x8_q8) ---------
+/* ---- packed groups of 8 rows (kernels.h: lb_block_x8_q4, _q5, _q8) ---------------
  * Lane r of every integer vector belongs to row r of the group. The weight
  * bytes are the unsigned operand where the product instruction allows it:
- * Q4_0's nibbles (0..15) on both paths; with VNNI also IQ4_NL's levels and
- * Q8_0's quants, both stored or looked up plus 128. The offset times the
+ * Q4_0's nibbles (0..15) and Q5_0's 5-bit quants (0..31) on both paths;
+ * with VNNI also IQ4_NL's levels and Q8_0's quants, both stored or looked
+ * up plus 128. The offset (8, 16 or 128) times the
  * activation block's quant sum then comes off the integer sum, which leaves
  * it exact. Without VNNI, maddubs would saturate its int16 pair sums on
  * bytes up to 255, so IQ4_NL and Q8_0 multiply signed bytes with the sign
@@ -861,8 +862,30 @@ static void lb_x86_quantize_q8_K(const float *src, void *dst, int64_t n) {
  * integer. */
 #define LB_PF_BYTES 4096
 
+/* Bytes of one packed block of 8 rows. */
+#define LB_X8_BLOCK(type)                                                                                  \
+    ((type) == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8)                                                       \
+                            : (type) == LB_TYPE_Q5_0 ? sizeof(lb_block_x8_q5) : sizeof(lb_block_x8_q4))
+
+/* log2 of the offset that unsigned weight bytes carry; 0: signed bytes. */
+#define LB_X8_BIAS_SHIFT(type)                                                                             \
+    ((type) == LB_TYPE_Q4_0 ? 3 : (type) == LB_TYPE_Q5_0 ? 4 : (LB_X86_VNNI ? 7 : 0))
+
+/* Byte pattern that copies byte bb of each 32-bit lane to all four of its
+ * bytes, and the bit of element 4k + j (j the byte in the lane) within
+ * that byte: Q5_0's high bits, from each row's 32-bit word in its lane. */
+LB_INLINE __m256i lb_q5_spread(int k) {
+    const __m256i lane = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4,
+                                          8, 8, 8, 8, 12, 12, 12, 12);
+    return _mm256_add_epi8(lane, _mm256_set1_epi8((char)(k / 2)));
+}
+
+LB_INLINE __m256i lb_q5_bits(int k) {
+    return _mm256_set1_epi32(k % 2 ? (int)0x80402010u : 0x08040201);
+}
+
 LB_INLINE void lb_prefetch_x8(const int type, const void *w, int64_t b) {
-    const size_t gb = type == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8) : sizeof(lb_block_x8_q4);
+    const size_t gb = LB_X8_BLOCK(type);
     const uintptr_t at = (uintptr_t)w + (uintptr_t)b * gb + LB_PF_BYTES;
     for (size_t line = 0; line < gb; line += 64) {
         _mm_prefetch((const char *)(at + line), _MM_HINT_T0);
@@ -898,6 +921,23 @@ LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i 
         }
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
     }
+    if (type == LB_TYPE_Q5_0) {
+        const lb_block_x8_q5 *x = (const lb_block_x8_q5 *)w + b;
+        const __m256i m4 = _mm256_set1_epi8(15), words = lb_loadu256(x->qh);
+        LB_UNROLL
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = lb_loadu256(x->qs + 32 * k);
+            q[k] = _mm256_and_si256(v, m4);
+            q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+        LB_UNROLL
+        for (int k = 0; k < 8; k++) {
+            const __m256i bits = _mm256_and_si256(_mm256_shuffle_epi8(words, lb_q5_spread(k)), lb_q5_bits(k));
+            const __m256i high = _mm256_cmpeq_epi8(bits, lb_q5_bits(k));
+            q[k] = _mm256_or_si256(q[k], _mm256_and_si256(high, _mm256_set1_epi8(16)));
+        }
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+    }
     const lb_block_x8_q4 *x = (const lb_block_x8_q4 *)w + b;
     const __m256i m4 = _mm256_set1_epi8(15);
     LB_UNROLL
@@ -922,9 +962,8 @@ LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i 
  * i) with the reference's float steps, (float)isum * (dx * dy). */
 LB_INLINE void lb_group_x8(const int type, const void *w, const uint8_t *a, size_t a_stride, const lb_q8_info *yi,
                            int64_t yi_stride, int64_t b0, const int cnt, const int nc, __m256 acc[][4]) {
-    const int signed_w = !LB_X86_VNNI && type != LB_TYPE_Q4_0;
-    /* the offset of unsigned weight bytes, as a shift: 8 or 128; 0: none */
-    const int bias_shift = type == LB_TYPE_Q4_0 ? 3 : (LB_X86_VNNI ? 7 : 0);
+    const int bias_shift = LB_X8_BIAS_SHIFT(type);
+    const int signed_w = bias_shift == 0;
     LB_UNROLL
     for (int i = 0; i < 4; i++) {
         if (i >= cnt) {
@@ -999,6 +1038,24 @@ LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, i
         }
         d0 = x0->d;
         d1 = x1->d;
+    } else if (type == LB_TYPE_Q5_0) {
+        const lb_block_x8_q5 *x0 = (const lb_block_x8_q5 *)w0 + b, *x1 = (const lb_block_x8_q5 *)w1 + b;
+        const __m512i m4 = _mm512_set1_epi8(15);
+        const __m512i words = lb_join256(lb_loadu256(x0->qh), lb_loadu256(x1->qh));
+        LB_UNROLL
+        for (int k = 0; k < 4; k++) {
+            const __m512i v = lb_join256(lb_loadu256(x0->qs + 32 * k), lb_loadu256(x1->qs + 32 * k));
+            q[k] = _mm512_and_si512(v, m4);
+            q[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+        LB_UNROLL
+        for (int k = 0; k < 8; k++) {
+            const __m512i spread = _mm512_shuffle_epi8(words, _mm512_broadcast_i64x4(lb_q5_spread(k)));
+            const __mmask64 high = _mm512_test_epi8_mask(spread, _mm512_broadcast_i64x4(lb_q5_bits(k)));
+            q[k] = _mm512_mask_add_epi8(q[k], high, q[k], _mm512_set1_epi8(16));
+        }
+        d0 = x0->d;
+        d1 = x1->d;
     } else {
         const lb_block_x8_q4 *x0 = (const lb_block_x8_q4 *)w0 + b, *x1 = (const lb_block_x8_q4 *)w1 + b;
         const __m512i m4 = _mm512_set1_epi8(15);
@@ -1027,7 +1084,7 @@ LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, i
 LB_INLINE void lb_group_x16(const int type, const void *w0, const void *w1, const uint8_t *a, size_t a_stride,
                             const lb_q8_info *yi, int64_t yi_stride, int64_t b0, const int cnt, const int nc,
                             __m512 acc[][4]) {
-    const int bias_shift = type == LB_TYPE_Q4_0 ? 3 : 7;
+    const int bias_shift = LB_X8_BIAS_SHIFT(type);
     LB_UNROLL
     for (int i = 0; i < 4; i++) {
         if (i >= cnt) {
@@ -1085,7 +1142,7 @@ LB_INLINE void lb_gemm_x16(const int type, int64_t n, float *s, int64_t ld_s, co
 LB_INLINE void lb_gemm_groups(const int type, int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w,
                               const void *a, size_t a_stride, const lb_q8_info *yi, int64_t yi_stride,
                               const int nc) {
-    const size_t gbytes = (size_t)(n / 32) * (type == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8) : sizeof(lb_block_x8_q4));
+    const size_t gbytes = (size_t)(n / 32) * LB_X8_BLOCK(type);
     int64_t g = 0;
 #if LB_X86_VNNI
     for (; g + 2 <= n_groups; g += 2) {
@@ -1110,6 +1167,7 @@ LB_INLINE void lb_gemm_groups(const int type, int64_t n, int64_t n_groups, float
         }                                                                                                    \
     }
 LB_X86_GEMM_X8(q4_0, LB_TYPE_Q4_0)
+LB_X86_GEMM_X8(q5_0, LB_TYPE_Q5_0)
 LB_X86_GEMM_X8(iq4_nl, LB_TYPE_IQ4_NL)
 LB_X86_GEMM_X8(q8_0, LB_TYPE_Q8_0)
 #undef LB_X86_GEMM_X8
@@ -1192,6 +1250,7 @@ LB_X86_ENTRIES(q6_K, lb_dot_q6_K)
     .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy, .attn_scores_f16 = lb_x86_attn_scores_f16,     \
     .attn_wsum_f16 = lb_x86_attn_wsum_f16,                                                                      \
     .attn_scores_q8_0 = lb_x86_attn_scores_q8_0, .attn_wsum_q8_0 = lb_x86_attn_wsum_q8_0,                   \
-    .gemm_x8 = {[LB_TYPE_Q4_0] = lb_gx8_q4_0, [LB_TYPE_IQ4_NL] = lb_gx8_iq4_nl, [LB_TYPE_Q8_0] = lb_gx8_q8_0}
+    .gemm_x8 = {[LB_TYPE_Q4_0] = lb_gx8_q4_0, [LB_TYPE_Q5_0] = lb_gx8_q5_0, [LB_TYPE_IQ4_NL] = lb_gx8_iq4_nl,   \
+                [LB_TYPE_Q8_0] = lb_gx8_q8_0}
 
 #endif /* LB_X86_SIMD_H */

@@ -6,28 +6,46 @@
 #include "lb_internal.h"
 
 int lb_pack_x8_type(int32_t type) {
-    return type == LB_TYPE_Q4_0 || type == LB_TYPE_IQ4_NL || type == LB_TYPE_Q8_0;
+    return type == LB_TYPE_Q4_0 || type == LB_TYPE_Q5_0 || type == LB_TYPE_IQ4_NL || type == LB_TYPE_Q8_0;
 }
 
-/* Every supported source block is an fp16 scale followed by its quant bytes
- * (Q4_0 and IQ4_NL: 16 nibble bytes; Q8_0: 32 int8). */
+/* A supported source block is an fp16 scale, for Q5_0 the 4 bytes of high
+ * bits, then the quant bytes (16 nibble bytes, or Q8_0's 32 int8); a packed
+ * block holds the 8 rows' scales, high-bit words and interleaved quants. */
+typedef struct lb_x8_layout {
+    size_t qh;     /* high-bit bytes per row */
+    size_t qbytes; /* quant bytes per row */
+    uint8_t flip;  /* XORed into quant bytes */
+} lb_x8_layout;
+
+static lb_x8_layout lb_x8_layout_of(int32_t type) {
+    lb_x8_layout l = {type == LB_TYPE_Q5_0 ? 4u : 0u, type == LB_TYPE_Q8_0 ? 32u : 16u,
+                      (uint8_t)(type == LB_TYPE_Q8_0 ? 0x80 : 0x00)};
+    return l;
+}
+
+/* Where row r's scale, high-bit word and quant byte j lie in a packed block. */
+static size_t lb_x8_at_qh(const lb_x8_layout *l, int r) { return 2 * LB_PACK_ROWS + l->qh * (size_t)r; }
+static size_t lb_x8_at_q(const lb_x8_layout *l, int r, size_t j) {
+    return 2 * LB_PACK_ROWS + l->qh * LB_PACK_ROWS + (j / 4) * 32 + 4 * (size_t)r + j % 4;
+}
+
 void lb_pack_x8(int32_t type, const void *src, int64_t nrows, int64_t n, void *dst) {
-    const int q8 = type == LB_TYPE_Q8_0;
-    const size_t qbytes = q8 ? 32 : 16;
-    const size_t bsize = 2 + qbytes;
+    const lb_x8_layout l = lb_x8_layout_of(type);
+    const size_t bsize = 2 + l.qh + l.qbytes;
     const int64_t nb = n / 32;
     const size_t row = (size_t)nb * bsize;
-    const uint8_t flip = q8 ? 0x80 : 0x00;
     for (int64_t g = 0; g < nrows / LB_PACK_ROWS; g++) {
         const uint8_t *rows = (const uint8_t *)src + (size_t)g * LB_PACK_ROWS * row;
         uint8_t *out = (uint8_t *)dst + (size_t)g * LB_PACK_ROWS * row;
         for (int64_t b = 0; b < nb; b++) {
-            uint8_t *ob = out + (size_t)b * LB_PACK_ROWS * bsize; /* d[8], then qs */
+            uint8_t *ob = out + (size_t)b * LB_PACK_ROWS * bsize;
             for (int r = 0; r < LB_PACK_ROWS; r++) {
                 const uint8_t *ib = rows + (size_t)r * row + (size_t)b * bsize;
                 memcpy(ob + 2 * r, ib, 2);
-                for (size_t j = 0; j < qbytes; j++) {
-                    ob[2 * LB_PACK_ROWS + (j / 4) * 32 + 4 * (size_t)r + j % 4] = (uint8_t)(ib[2 + j] ^ flip);
+                memcpy(ob + lb_x8_at_qh(&l, r), ib + 2, l.qh);
+                for (size_t j = 0; j < l.qbytes; j++) {
+                    ob[lb_x8_at_q(&l, r, j)] = (uint8_t)(ib[2 + l.qh + j] ^ l.flip);
                 }
             }
         }
@@ -35,19 +53,18 @@ void lb_pack_x8(int32_t type, const void *src, int64_t nrows, int64_t n, void *d
 }
 
 void lb_unpack_x8_row(int32_t type, const void *packed, int64_t n, int64_t row, void *dst) {
-    const int q8 = type == LB_TYPE_Q8_0;
-    const size_t qbytes = q8 ? 32 : 16;
-    const size_t bsize = 2 + qbytes;
+    const lb_x8_layout l = lb_x8_layout_of(type);
+    const size_t bsize = 2 + l.qh + l.qbytes;
     const int64_t nb = n / 32;
-    const uint8_t flip = q8 ? 0x80 : 0x00;
     const int r = (int)(row % LB_PACK_ROWS);
     const uint8_t *grp = (const uint8_t *)packed + (size_t)(row / LB_PACK_ROWS) * LB_PACK_ROWS * (size_t)nb * bsize;
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *ib = grp + (size_t)b * LB_PACK_ROWS * bsize;
-        uint8_t *ob = (uint8_t *)dst + (size_t)b * bsize;
-        memcpy(ob, ib + 2 * r, 2);
-        for (size_t j = 0; j < qbytes; j++) {
-            ob[2 + j] = (uint8_t)(ib[2 * LB_PACK_ROWS + (j / 4) * 32 + 4 * (size_t)r + j % 4] ^ flip);
+        const uint8_t *ob = grp + (size_t)b * LB_PACK_ROWS * bsize;
+        uint8_t *ib = (uint8_t *)dst + (size_t)b * bsize;
+        memcpy(ib, ob + 2 * r, 2);
+        memcpy(ib + 2, ob + lb_x8_at_qh(&l, r), l.qh);
+        for (size_t j = 0; j < l.qbytes; j++) {
+            ib[2 + l.qh + j] = (uint8_t)(ob[lb_x8_at_q(&l, r, j)] ^ l.flip);
         }
     }
 }
@@ -60,7 +77,9 @@ static inline uint8_t lb_x8_byte(const uint8_t *qs, int r, int j) { return qs[(j
 static void lb_gemm_x8_ref(int32_t type, int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w,
                            const void *a, size_t a_stride, int nc) {
     const int64_t nb = n / 32;
-    const size_t bsize = type == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8) : sizeof(lb_block_x8_q4);
+    const size_t bsize = type == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8)
+                         : type == LB_TYPE_Q5_0 ? sizeof(lb_block_x8_q5)
+                                                : sizeof(lb_block_x8_q4);
     for (int64_t g = 0; g < n_groups; g++) {
         const uint8_t *wg = (const uint8_t *)w + (size_t)g * (size_t)nb * bsize;
         for (int c = 0; c < nc; c++) {
@@ -75,6 +94,15 @@ static void lb_gemm_x8_ref(int32_t type, int64_t n, int64_t n_groups, float *s, 
                         d = x->d[r];
                         for (int j = 0; j < 32; j++) {
                             isum += ((int)lb_x8_byte(x->qs, r, j) - 128) * y[b].qs[j];
+                        }
+                    } else if (type == LB_TYPE_Q5_0) {
+                        const lb_block_x8_q5 *x = (const lb_block_x8_q5 *)wg + b;
+                        d = x->d[r];
+                        for (int j = 0; j < 16; j++) {
+                            const uint8_t v = lb_x8_byte(x->qs, r, j);
+                            const int lo = (v & 15) | (int)(((x->qh[r] >> j) & 1) << 4);
+                            const int hi = (v >> 4) | (int)(((x->qh[r] >> (j + 16)) & 1) << 4);
+                            isum += (lo - 16) * y[b].qs[j] + (hi - 16) * y[b].qs[j + 16];
                         }
                     } else {
                         const lb_block_x8_q4 *x = (const lb_block_x8_q4 *)wg + b;
@@ -103,5 +131,6 @@ static void lb_gemm_x8_ref(int32_t type, int64_t n, int64_t n_groups, float *s, 
         lb_gemm_x8_ref(type, n, n_groups, s, ld_s, w, a, a_stride, nc);                                     \
     }
 LB_GEMM_X8_REF(q4_0, LB_TYPE_Q4_0)
+LB_GEMM_X8_REF(q5_0, LB_TYPE_Q5_0)
 LB_GEMM_X8_REF(iq4_nl, LB_TYPE_IQ4_NL)
 LB_GEMM_X8_REF(q8_0, LB_TYPE_Q8_0)
