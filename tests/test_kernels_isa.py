@@ -142,7 +142,7 @@ def _misaligned(data: np.ndarray, offset: int) -> np.ndarray:
 @pytest.mark.parametrize("case", ["moderate", "random", "all_ones", "zero_scale"])
 @pytest.mark.parametrize("rows", [5, 24], ids=["rows5", "rows24"])
 def test_quantized_vec_dot_is_exact(path: str, t: QT, case: str, rows: int) -> None:
-    # 24 rows: Q4_0, Q5_0, IQ4_NL and Q8_0 go through the repacked 8-row kernels on the
+    # 24 rows: Q4_0, Q4_1, Q5_0, IQ4_NL and Q8_0 go through the repacked 8-row kernels on the
     # SIMD paths (as lb_model_set_tensor repacks them), AVX-512 with a pair of groups and
     # one alone; the scalar path never repacks
     if path == "none":
@@ -251,7 +251,7 @@ def test_tiny_model_logits_agree_on_every_path(tmp_path: Path, qtype: QT) -> Non
             assert_same_floats(stepwise[p], ref, f"{qtype.name} {p} one token at a time")
 
 
-REPACKED_TYPES = [QT.Q4_0, QT.Q5_0, QT.IQ4_NL, QT.Q8_0]
+REPACKED_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.IQ4_NL, QT.Q8_0]
 
 
 @pytest.mark.parametrize("qtype", REPACKED_TYPES, ids=lambda q: q.name)

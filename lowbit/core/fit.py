@@ -185,9 +185,9 @@ def scratch_bytes(
 
 
 def _act_info_bytes(nb: int, n_embd: int, q_dim: int, n_ff: int) -> int:
-    """The scale and quant sum (8 bytes) of each Q8_0-encoded activation block, for the
-    repacked weights' kernels."""
-    return 8 * nb * (max(n_embd, q_dim, n_ff) // 32 + 1)
+    """The scales and quant sum (12 bytes) of each Q8_0- or Q8_1-encoded activation block,
+    for the repacked weights' kernels."""
+    return 12 * nb * (max(n_embd, q_dim, n_ff) // 32 + 1)
 
 
 def runtime_overhead_bytes(gf: GGUFFile) -> int:

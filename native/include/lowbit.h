@@ -213,7 +213,7 @@ lb_status lb_model_set_tensor(lb_model *m, int32_t role, int32_t layer,
  * integer dot products with the keys' blocks, and sums the values' decoded
  * blocks weighted by the softmax.
  *
- * Q4_0, Q5_0, IQ4_NL and Q8_0 matrices with a row count divisible by 8 are also
+ * Q4_0, Q4_1, Q5_0, IQ4_NL and Q8_0 matrices with a row count divisible by 8 are also
  * copied here into a layout of 8 interleaved rows that the x86 kernels read
  * faster (same bytes in all, same results bit for bit), unless the kernel
  * path in use has no kernel for it (scalar, NEON) or the environment

@@ -219,6 +219,7 @@ lb_gemm_x8_fn lb_kernel_gemm_x8(const lb_kernels *k, int32_t type) {
     }
     switch (type) {
     case LB_TYPE_Q4_0: return lb_gemm_x8_q4_0_ref;
+    case LB_TYPE_Q4_1: return lb_gemm_x8_q4_1_ref;
     case LB_TYPE_Q5_0: return lb_gemm_x8_q5_0_ref;
     case LB_TYPE_IQ4_NL: return lb_gemm_x8_iq4_nl_ref;
     case LB_TYPE_Q8_0: return lb_gemm_x8_q8_0_ref;

@@ -58,10 +58,11 @@ void lb_vec_dot_q5_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q6_K_q8_K(int64_t n, float *s, const void *w, const void *a);
 
 /* ---- weights repacked at load: 8 rows interleaved ---------------------------
- * A Q4_0, Q5_0, IQ4_NL or Q8_0 matrix whose row count is a multiple of 8
- * may be stored as groups of 8 rows (lb_pack_x8 in repack.c): for each block
- * index b, the 8 rows' fp16 scales (for Q5_0 then their 32-bit words of high
- * bits), then their quant bytes four at a time, so that
+ * A Q4_0, Q4_1, Q5_0, IQ4_NL or Q8_0 matrix whose row count is a multiple
+ * of 8 may be stored as groups of 8 rows (lb_pack_x8 in repack.c): for each
+ * block index b, the 8 rows' fp16 scales (then Q4_1's 8 fp16 minimums or
+ * Q5_0's 8 32-bit words of high bits), then their quant bytes four at a
+ * time, so that
  * byte 4k + i of row r's block is qs[32k + 4r + i]. One 32-byte load then
  * holds four consecutive quant bytes of each of the 8 rows: one int8
  * dot-product instruction against four activation bytes broadcast to every
@@ -76,6 +77,11 @@ typedef struct {
 } lb_block_x8_q4;
 typedef struct {
     uint16_t d[LB_PACK_ROWS];
+    uint16_t m[LB_PACK_ROWS];      /* Q4_1: each row's fp16 minimum */
+    uint8_t qs[LB_PACK_ROWS * 16]; /* the source's nibble bytes */
+} lb_block_x8_q41;
+typedef struct {
+    uint16_t d[LB_PACK_ROWS];
     uint32_t qh[LB_PACK_ROWS];     /* Q5_0: each row's high-bit word */
     uint8_t qs[LB_PACK_ROWS * 16]; /* the source's nibble bytes */
 } lb_block_x8_q5;
@@ -84,34 +90,49 @@ typedef struct {
     uint8_t qs[LB_PACK_ROWS * 32]; /* Q8_0: the source's quants + 128 */
 } lb_block_x8_q8;
 
-/* A Q8_0 activation block's scale as a float and the sum of its 32 quants,
- * worked out once per encoded row for every weight row that reads it (the
- * paths that multiply unsigned weight bytes subtract their offset times the
- * sum). */
+/* A Q8_0 or Q8_1 activation block's scale (and Q8_1's s) as floats and the
+ * sum of its 32 quants, worked out once per encoded row for every weight row
+ * that reads it (the paths that multiply unsigned weight bytes subtract
+ * their offset times the sum). */
 typedef struct lb_q8_info {
     float d;
+    float s;     /* Q8_1 only */
     int32_t sum;
 } lb_q8_info;
 
-static inline void lb_q8_0_block_info(const void *row, int64_t nb, lb_q8_info *info) {
-    const lb_block_q8_0 *y = (const lb_block_q8_0 *)row;
+/* info for the nb blocks of a row encoded as vt (Q8_0 or Q8_1). */
+static inline void lb_q8_block_info(int32_t vt, const void *row, int64_t nb, lb_q8_info *info) {
     for (int64_t b = 0; b < nb; b++) {
+        const int8_t *qs;
+        if (vt == LB_TYPE_Q8_1) {
+            const lb_block_q8_1 *y = (const lb_block_q8_1 *)row + b;
+            info[b].d = lb_fp16_to_fp32(y->d);
+            info[b].s = lb_fp16_to_fp32(y->s);
+            qs = y->qs;
+        } else {
+            const lb_block_q8_0 *y = (const lb_block_q8_0 *)row + b;
+            info[b].d = lb_fp16_to_fp32(y->d);
+            info[b].s = 0.0f;
+            qs = y->qs;
+        }
         int32_t acc = 0;
         for (int i = 0; i < LB_QK8_0; i++) {
-            acc += y[b].qs[i];
+            acc += qs[i];
         }
-        info[b].d = lb_fp16_to_fp32(y[b].d);
         info[b].sum = acc;
     }
 }
 
 /* s[c * ld_s + r] = the reference vec_dot of row r (0..8 * n_groups - 1) of
  * n_groups consecutive packed groups (the first at w) with activation row c
- * (0..nc-1, nc <= LB_MULTI_MAX, at a + c * a_stride, in Q8_0), bit for bit;
+ * (0..nc-1, nc <= LB_MULTI_MAX, at a + c * a_stride, in the type's
+ * vec_dot_type: Q8_1 for Q4_1, else Q8_0), bit for bit;
  * yi[c * yi_stride + b] describes activation block b of row c. */
 typedef void (*lb_gemm_x8_fn)(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
                               size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
 void lb_gemm_x8_q4_0_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
+                         size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
+void lb_gemm_x8_q4_1_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
                          size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
 void lb_gemm_x8_q5_0_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
                          size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);

@@ -864,12 +864,22 @@ static void lb_x86_quantize_q8_K(const float *src, void *dst, int64_t n) {
 
 /* Bytes of one packed block of 8 rows. */
 #define LB_X8_BLOCK(type)                                                                                  \
-    ((type) == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8)                                                       \
-                            : (type) == LB_TYPE_Q5_0 ? sizeof(lb_block_x8_q5) : sizeof(lb_block_x8_q4))
+    ((type) == LB_TYPE_Q8_0   ? sizeof(lb_block_x8_q8)                                                     \
+     : (type) == LB_TYPE_Q5_0 ? sizeof(lb_block_x8_q5)                                                     \
+     : (type) == LB_TYPE_Q4_1 ? sizeof(lb_block_x8_q41)                                                    \
+                              : sizeof(lb_block_x8_q4))
 
-/* log2 of the offset that unsigned weight bytes carry; 0: signed bytes. */
+/* log2 of the offset that unsigned weight bytes carry (0: none; Q4_1's
+ * quants are unsigned as they are), and whether the bytes are signed. */
 #define LB_X8_BIAS_SHIFT(type)                                                                             \
-    ((type) == LB_TYPE_Q4_0 ? 3 : (type) == LB_TYPE_Q5_0 ? 4 : (LB_X86_VNNI ? 7 : 0))
+    ((type) == LB_TYPE_Q4_0 ? 3 : (type) == LB_TYPE_Q5_0 ? 4 : (type) == LB_TYPE_Q4_1 ? 0 : (LB_X86_VNNI ? 7 : 0))
+#define LB_X8_SIGNED(type) (!LB_X86_VNNI && ((type) == LB_TYPE_IQ4_NL || (type) == LB_TYPE_Q8_0))
+
+/* The quants of activation block b of the type's vec_dot_type (Q8_1 for
+ * Q4_1, else Q8_0). */
+LB_INLINE const int8_t *lb_x8_act(const int type, const uint8_t *a, int64_t b) {
+    return type == LB_TYPE_Q4_1 ? ((const lb_block_q8_1 *)a + b)->qs : ((const lb_block_q8_0 *)a + b)->qs;
+}
 
 /* Byte pattern that copies byte bb of each 32-bit lane to all four of its
  * bytes, and the bit of element 4k + j (j the byte in the lane) within
@@ -911,7 +921,7 @@ LB_INLINE __m256i lb_dp_acc(__m256i acc, __m256i u, __m256i s) {
  * row's elements 4k..4k+3 in lane r (Q4: low nibbles are elements 0..15,
  * high ones 16..31, so k < 4 takes low nibbles and k >= 4 high ones), and
  * the 8 scales. */
-LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i q[8]) {
+LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i q[8], __m256 *mins) {
     if (type == LB_TYPE_Q8_0) {
         const lb_block_x8_q8 *x = (const lb_block_x8_q8 *)w + b;
         LB_UNROLL
@@ -936,6 +946,18 @@ LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i 
             const __m256i high = _mm256_cmpeq_epi8(bits, lb_q5_bits(k));
             q[k] = _mm256_or_si256(q[k], _mm256_and_si256(high, _mm256_set1_epi8(16)));
         }
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+    }
+    if (type == LB_TYPE_Q4_1) {
+        const lb_block_x8_q41 *x = (const lb_block_x8_q41 *)w + b;
+        const __m256i m4 = _mm256_set1_epi8(15);
+        LB_UNROLL
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = lb_loadu256(x->qs + 32 * k);
+            q[k] = _mm256_and_si256(v, m4);
+            q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+        *mins = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->m));
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
     }
     const lb_block_x8_q4 *x = (const lb_block_x8_q4 *)w + b;
@@ -963,7 +985,7 @@ LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i 
 LB_INLINE void lb_group_x8(const int type, const void *w, const uint8_t *a, size_t a_stride, const lb_q8_info *yi,
                            int64_t yi_stride, int64_t b0, const int cnt, const int nc, __m256 acc[][4]) {
     const int bias_shift = LB_X8_BIAS_SHIFT(type);
-    const int signed_w = bias_shift == 0;
+    const int signed_w = LB_X8_SIGNED(type);
     LB_UNROLL
     for (int i = 0; i < 4; i++) {
         if (i >= cnt) {
@@ -973,10 +995,11 @@ LB_INLINE void lb_group_x8(const int type, const void *w, const uint8_t *a, size
         if (nc == 1) {
             lb_prefetch_x8(type, w, b0 + i);
         }
-        const __m256 dx = lb_unpack_x8(type, w, b0 + i, q);
+        __m256 mx = _mm256_setzero_ps();
+        const __m256 dx = lb_unpack_x8(type, w, b0 + i, q, &mx);
         LB_UNROLL
         for (int c = 0; c < nc; c++) {
-            const lb_block_q8_0 *y = (const lb_block_q8_0 *)(a + (size_t)c * a_stride) + b0 + i;
+            const int8_t *yq = lb_x8_act(type, a + (size_t)c * a_stride, b0 + i);
             const lb_q8_info *inf = yi + c * yi_stride + b0 + i;
             /* start from -offset * sum, so the products land on the exact isum */
             __m256i is = _mm256_setzero_si256();
@@ -985,11 +1008,14 @@ LB_INLINE void lb_group_x8(const int type, const void *w, const uint8_t *a, size
             }
             LB_UNROLL
             for (int k = 0; k < 8; k++) {
-                const __m256i yb = lb_bcast4(y->qs + 4 * k);
+                const __m256i yb = lb_bcast4(yq + 4 * k);
                 is = signed_w ? lb_dp_acc(is, _mm256_sign_epi8(q[k], q[k]), _mm256_sign_epi8(yb, q[k]))
                               : lb_dp_acc(is, q[k], yb);
             }
-            const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dx, _mm256_set1_ps(inf->d)));
+            __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dx, _mm256_set1_ps(inf->d)));
+            if (type == LB_TYPE_Q4_1) { /* + m * s, as lb_vec_dot_q4_1_q8_1 */
+                t = _mm256_add_ps(t, _mm256_mul_ps(mx, _mm256_set1_ps(inf->s)));
+            }
             acc[c][i] = _mm256_add_ps(acc[c][i], t);
         }
     }
@@ -1028,7 +1054,8 @@ LB_INLINE __m512i lb_join256(__m256i lo, __m256i hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, int64_t b, __m512i q[8]) {
+LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, int64_t b, __m512i q[8],
+                               __m512 *mins) {
     const uint16_t *d0, *d1;
     if (type == LB_TYPE_Q8_0) {
         const lb_block_x8_q8 *x0 = (const lb_block_x8_q8 *)w0 + b, *x1 = (const lb_block_x8_q8 *)w1 + b;
@@ -1036,6 +1063,19 @@ LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, i
         for (int k = 0; k < 8; k++) {
             q[k] = lb_join256(lb_loadu256(x0->qs + 32 * k), lb_loadu256(x1->qs + 32 * k));
         }
+        d0 = x0->d;
+        d1 = x1->d;
+    } else if (type == LB_TYPE_Q4_1) {
+        const lb_block_x8_q41 *x0 = (const lb_block_x8_q41 *)w0 + b, *x1 = (const lb_block_x8_q41 *)w1 + b;
+        const __m512i m4 = _mm512_set1_epi8(15);
+        LB_UNROLL
+        for (int k = 0; k < 4; k++) {
+            const __m512i v = lb_join256(lb_loadu256(x0->qs + 32 * k), lb_loadu256(x1->qs + 32 * k));
+            q[k] = _mm512_and_si512(v, m4);
+            q[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+        const __m128i m0 = _mm_loadu_si128((const __m128i *)x0->m), m1 = _mm_loadu_si128((const __m128i *)x1->m);
+        *mins = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(m0), m1, 1));
         d0 = x0->d;
         d1 = x1->d;
     } else if (type == LB_TYPE_Q5_0) {
@@ -1095,20 +1135,26 @@ LB_INLINE void lb_group_x16(const int type, const void *w0, const void *w1, cons
             lb_prefetch_x8(type, w1, b0 + i);
         }
         __m512i q[8];
-        const __m512 dx = lb_unpack_x16(type, w0, w1, b0 + i, q);
+        __m512 mx = _mm512_setzero_ps();
+        const __m512 dx = lb_unpack_x16(type, w0, w1, b0 + i, q, &mx);
         LB_UNROLL
         for (int c = 0; c < nc; c++) {
-            const lb_block_q8_0 *y = (const lb_block_q8_0 *)(a + (size_t)c * a_stride) + b0 + i;
+            const int8_t *yq = lb_x8_act(type, a + (size_t)c * a_stride, b0 + i);
             const lb_q8_info *inf = yi + c * yi_stride + b0 + i;
-            __m512i is = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                          _mm512_slli_epi32(_mm512_set1_epi32(inf->sum), (unsigned)bias_shift));
+            __m512i is = _mm512_setzero_si512();
+            if (bias_shift) {
+                is = _mm512_sub_epi32(is, _mm512_slli_epi32(_mm512_set1_epi32(inf->sum), (unsigned)bias_shift));
+            }
             LB_UNROLL
             for (int k = 0; k < 8; k++) {
                 int32_t v;
-                memcpy(&v, y->qs + 4 * k, sizeof v);
+                memcpy(&v, yq + 4 * k, sizeof v);
                 is = _mm512_dpbusd_epi32(is, q[k], _mm512_set1_epi32(v));
             }
-            const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dx, _mm512_set1_ps(inf->d)));
+            __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dx, _mm512_set1_ps(inf->d)));
+            if (type == LB_TYPE_Q4_1) {
+                t = _mm512_add_ps(t, _mm512_mul_ps(mx, _mm512_set1_ps(inf->s)));
+            }
             acc[c][i] = _mm512_add_ps(acc[c][i], t);
         }
     }
@@ -1167,6 +1213,7 @@ LB_INLINE void lb_gemm_groups(const int type, int64_t n, int64_t n_groups, float
         }                                                                                                    \
     }
 LB_X86_GEMM_X8(q4_0, LB_TYPE_Q4_0)
+LB_X86_GEMM_X8(q4_1, LB_TYPE_Q4_1)
 LB_X86_GEMM_X8(q5_0, LB_TYPE_Q5_0)
 LB_X86_GEMM_X8(iq4_nl, LB_TYPE_IQ4_NL)
 LB_X86_GEMM_X8(q8_0, LB_TYPE_Q8_0)
@@ -1250,7 +1297,7 @@ LB_X86_ENTRIES(q6_K, lb_dot_q6_K)
     .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy, .attn_scores_f16 = lb_x86_attn_scores_f16,     \
     .attn_wsum_f16 = lb_x86_attn_wsum_f16,                                                                      \
     .attn_scores_q8_0 = lb_x86_attn_scores_q8_0, .attn_wsum_q8_0 = lb_x86_attn_wsum_q8_0,                   \
-    .gemm_x8 = {[LB_TYPE_Q4_0] = lb_gx8_q4_0, [LB_TYPE_Q5_0] = lb_gx8_q5_0, [LB_TYPE_IQ4_NL] = lb_gx8_iq4_nl,   \
-                [LB_TYPE_Q8_0] = lb_gx8_q8_0}
+    .gemm_x8 = {[LB_TYPE_Q4_0] = lb_gx8_q4_0, [LB_TYPE_Q4_1] = lb_gx8_q4_1, [LB_TYPE_Q5_0] = lb_gx8_q5_0,        \
+                [LB_TYPE_IQ4_NL] = lb_gx8_iq4_nl, [LB_TYPE_Q8_0] = lb_gx8_q8_0}
 
 #endif /* LB_X86_SIMD_H */

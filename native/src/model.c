@@ -75,7 +75,7 @@ struct lb_model {
     uint8_t *q8;                /* Q8_0 cache: [n_threads][head_row] one query head, encoded */
     uint8_t *act;               /* encoded activations: [n_batch][act_row_max] */
     size_t act_row_max;
-    lb_q8_info *act_info;       /* [n_batch][act_blocks]: of the Q8_0-encoded activation blocks */
+    lb_q8_info *act_info;       /* [n_batch][act_blocks]: of the Q8_0/Q8_1-encoded activation blocks */
     int64_t act_blocks;
     size_t state_bytes;
     size_t packed_bytes;        /* weights repacked at load (owned copies) */
@@ -497,8 +497,9 @@ typedef struct lb_encode_job {
     lb_from_float_fn encode;
     uint8_t *dst;               /* [n][row_bytes] */
     size_t row_bytes;
-    lb_q8_info *info;           /* Q8_0 only: [n][info_stride] */
+    lb_q8_info *info;           /* Q8_0 and Q8_1 only: [n][info_stride] */
     int64_t info_stride;
+    int32_t type;               /* the encoding */
 } lb_encode_job;
 
 static void lb_encode_task(void *ctx, int64_t t, int tid) {
@@ -507,7 +508,7 @@ static void lb_encode_task(void *ctx, int64_t t, int tid) {
     uint8_t *row = j->dst + (size_t)t * j->row_bytes;
     j->encode(j->src + t * j->ld_src, row, j->n_elems);
     if (j->info) {
-        lb_q8_0_block_info(row, j->n_elems / LB_QK8_0, j->info + t * j->info_stride);
+        lb_q8_block_info(j->type, row, j->n_elems / LB_QK8_0, j->info + t * j->info_stride);
     }
 }
 
@@ -530,7 +531,7 @@ typedef struct lb_mm_part {
 typedef struct lb_matmul_job {
     const uint8_t *act;         /* [n_tok][act_row] encoded inputs */
     size_t act_row;
-    const lb_q8_info *act_info; /* [n_tok][act_blocks] (Q8_0 inputs) */
+    const lb_q8_info *act_info; /* [n_tok][act_blocks] (Q8_0 and Q8_1 inputs) */
     int64_t act_blocks;
     int64_t n_tok;
     int n_parts;
@@ -617,7 +618,7 @@ static size_t lb_encode_input(lb_model *m, lb_encoded *enc, const lb_kernels *k,
     const size_t act_row = lb_row_bytes(vt, w->ne0);
     if (!(enc->src == x && enc->type == vt && enc->n_tok == n_tok)) {
         lb_encode_job ej = {x, ld_x, w->ne0, lb_kernel_from_float(k, vt), m->act, act_row,
-                            vt == LB_TYPE_Q8_0 ? m->act_info : NULL, m->act_blocks};
+                            vt == LB_TYPE_Q8_0 || vt == LB_TYPE_Q8_1 ? m->act_info : NULL, m->act_blocks, vt};
         lb_pool_run(m->pool, lb_encode_task, &ej, n_tok);
         enc->src = x;
         enc->type = vt;

@@ -6,25 +6,27 @@
 #include "lb_internal.h"
 
 int lb_pack_x8_type(int32_t type) {
-    return type == LB_TYPE_Q4_0 || type == LB_TYPE_Q5_0 || type == LB_TYPE_IQ4_NL || type == LB_TYPE_Q8_0;
+    return type == LB_TYPE_Q4_0 || type == LB_TYPE_Q4_1 || type == LB_TYPE_Q5_0 || type == LB_TYPE_IQ4_NL ||
+           type == LB_TYPE_Q8_0;
 }
 
-/* A supported source block is an fp16 scale, for Q5_0 the 4 bytes of high
- * bits, then the quant bytes (16 nibble bytes, or Q8_0's 32 int8); a packed
- * block holds the 8 rows' scales, high-bit words and interleaved quants. */
+/* A supported source block is an fp16 scale, then Q4_1's fp16 minimum or
+ * Q5_0's 4 bytes of high bits, then the quant bytes (16 nibble bytes, or
+ * Q8_0's 32 int8); a packed block holds the 8 rows' scales, their middle
+ * fields, and the interleaved quants. */
 typedef struct lb_x8_layout {
-    size_t qh;     /* high-bit bytes per row */
+    size_t qh;     /* bytes of the middle field per row */
     size_t qbytes; /* quant bytes per row */
     uint8_t flip;  /* XORed into quant bytes */
 } lb_x8_layout;
 
 static lb_x8_layout lb_x8_layout_of(int32_t type) {
-    lb_x8_layout l = {type == LB_TYPE_Q5_0 ? 4u : 0u, type == LB_TYPE_Q8_0 ? 32u : 16u,
+    lb_x8_layout l = {type == LB_TYPE_Q5_0 ? 4u : type == LB_TYPE_Q4_1 ? 2u : 0u, type == LB_TYPE_Q8_0 ? 32u : 16u,
                       (uint8_t)(type == LB_TYPE_Q8_0 ? 0x80 : 0x00)};
     return l;
 }
 
-/* Where row r's scale, high-bit word and quant byte j lie in a packed block. */
+/* Where row r's middle field and quant byte j lie in a packed block. */
 static size_t lb_x8_at_qh(const lb_x8_layout *l, int r) { return 2 * LB_PACK_ROWS + l->qh * (size_t)r; }
 static size_t lb_x8_at_q(const lb_x8_layout *l, int r, size_t j) {
     return 2 * LB_PACK_ROWS + l->qh * LB_PACK_ROWS + (j / 4) * 32 + 4 * (size_t)r + j % 4;
@@ -77,13 +79,13 @@ static inline uint8_t lb_x8_byte(const uint8_t *qs, int r, int j) { return qs[(j
 static void lb_gemm_x8_ref(int32_t type, int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w,
                            const void *a, size_t a_stride, int nc) {
     const int64_t nb = n / 32;
-    const size_t bsize = type == LB_TYPE_Q8_0 ? sizeof(lb_block_x8_q8)
-                         : type == LB_TYPE_Q5_0 ? sizeof(lb_block_x8_q5)
-                                                : sizeof(lb_block_x8_q4);
+    const lb_x8_layout l = lb_x8_layout_of(type);
+    const size_t bsize = LB_PACK_ROWS * (2 + l.qh + l.qbytes);
     for (int64_t g = 0; g < n_groups; g++) {
         const uint8_t *wg = (const uint8_t *)w + (size_t)g * (size_t)nb * bsize;
         for (int c = 0; c < nc; c++) {
             const lb_block_q8_0 *y = (const lb_block_q8_0 *)((const uint8_t *)a + (size_t)c * a_stride);
+            const lb_block_q8_1 *y1 = (const lb_block_q8_1 *)((const uint8_t *)a + (size_t)c * a_stride);
             for (int r = 0; r < LB_PACK_ROWS; r++) {
                 float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
                 for (int64_t b = 0; b < nb; b++) {
@@ -95,6 +97,15 @@ static void lb_gemm_x8_ref(int32_t type, int64_t n, int64_t n_groups, float *s, 
                         for (int j = 0; j < 32; j++) {
                             isum += ((int)lb_x8_byte(x->qs, r, j) - 128) * y[b].qs[j];
                         }
+                    } else if (type == LB_TYPE_Q4_1) {
+                        const lb_block_x8_q41 *x = (const lb_block_x8_q41 *)wg + b;
+                        for (int j = 0; j < 16; j++) {
+                            const uint8_t v = lb_x8_byte(x->qs, r, j);
+                            isum += (v & 15) * y1[b].qs[j] + (v >> 4) * y1[b].qs[j + 16];
+                        }
+                        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x->d[r]) * lb_fp16_to_fp32(y1[b].d)) +
+                                      lb_fp16_to_fp32(x->m[r]) * lb_fp16_to_fp32(y1[b].s);
+                        continue;
                     } else if (type == LB_TYPE_Q5_0) {
                         const lb_block_x8_q5 *x = (const lb_block_x8_q5 *)wg + b;
                         d = x->d[r];
@@ -131,6 +142,7 @@ static void lb_gemm_x8_ref(int32_t type, int64_t n, int64_t n_groups, float *s, 
         lb_gemm_x8_ref(type, n, n_groups, s, ld_s, w, a, a_stride, nc);                                     \
     }
 LB_GEMM_X8_REF(q4_0, LB_TYPE_Q4_0)
+LB_GEMM_X8_REF(q4_1, LB_TYPE_Q4_1)
 LB_GEMM_X8_REF(q5_0, LB_TYPE_Q5_0)
 LB_GEMM_X8_REF(iq4_nl, LB_TYPE_IQ4_NL)
 LB_GEMM_X8_REF(q8_0, LB_TYPE_Q8_0)
