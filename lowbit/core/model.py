@@ -338,8 +338,8 @@ class Model:
     def _attach_tensors(self) -> None:
         tensors = list(self.file.tensors.items())
         # The embedding first, and with tied embeddings also as the output matrix: the
-        # library repacks that copy as it is attached, and the embedding's pages are
-        # dropped before the other weights arrive, so the two copies never meet them.
+        # library repacks that as it is attached, and the embedding's file pages are
+        # dropped before any other weight arrives, so the peak holds one copy of each.
         tensors.sort(key=lambda item: item[0] != "token_embd.weight")
         if "output.weight" not in self.file.tensors and "token_embd.weight" in self.file.tensors:
             tensors.insert(1, ("output.weight", self.file.tensors["token_embd.weight"]))

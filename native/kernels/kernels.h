@@ -62,8 +62,7 @@ void lb_vec_dot_q6_K_q8_K(int64_t n, float *s, const void *w, const void *a);
  * of 8 may be stored as groups of 8 rows (lb_pack_x8 in repack.c): for each
  * block index b, the 8 rows' fp16 scales (then Q4_1's 8 fp16 minimums or
  * Q5_0's 8 32-bit words of high bits), then their quant bytes four at a
- * time, so that
- * byte 4k + i of row r's block is qs[32k + 4r + i]. One 32-byte load then
+ * time, so that byte 4k + i of row r's block is qs[32k + 4r + i]. One 32-byte load then
  * holds four consecutive quant bytes of each of the 8 rows: one int8
  * dot-product instruction against four activation bytes broadcast to every
  * lane advances all 8 rows, and each row's sum ends in its own lane with no

@@ -74,8 +74,9 @@ void lb_unpack_x8_row(int32_t type, const void *packed, int64_t n, int64_t row, 
 /* Quant byte j (0..qbytes-1) of row r in a packed block's qs. */
 static inline uint8_t lb_x8_byte(const uint8_t *qs, int r, int j) { return qs[(j / 4) * 32 + 4 * r + j % 4]; }
 
-/* The three kernels differ only in how a row's 32 quants decode to integers;
- * the float work is lb_vec_dot_*_q8_0's, block by block. */
+/* The kernels differ only in how a row's 32 quants decode to integers; the
+ * float work is the type's reference vec_dot's, block by block (Q4_1 adds
+ * m * s against Q8_1, the others scale against Q8_0). */
 static void lb_gemm_x8_ref(int32_t type, int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w,
                            const void *a, size_t a_stride, int nc) {
     const int64_t nb = n / 32;
