@@ -842,10 +842,11 @@ static void lb_x86_quantize_q8_K(const float *src, void *dst, int64_t n) {
     }
 }
 
-/* ---- packed groups of 8 rows (kernels.h: lb_block_x8_q4, _q5, _q8) ---------------
+/* ---- packed groups of 8 rows (kernels.h: lb_block_x8_q4, _q41, _q5, _q8) ---------
  * Lane r of every integer vector belongs to row r of the group. The weight
  * bytes are the unsigned operand where the product instruction allows it:
- * Q4_0's nibbles (0..15) and Q5_0's 5-bit quants (0..31) on both paths;
+ * Q4_0's and Q4_1's nibbles (0..15) and Q5_0's 5-bit quants (0..31) on
+ * both paths;
  * with VNNI also IQ4_NL's levels and Q8_0's quants, both stored or looked
  * up plus 128. The offset (8, 16 or 128) times the
  * activation block's quant sum then comes off the integer sum, which leaves
@@ -917,6 +918,19 @@ LB_INLINE __m256i lb_dp_acc(__m256i acc, __m256i u, __m256i s) {
 #endif
 }
 
+/* The nibbles of a packed Q4 block's 128 quant bytes as 8 vectors of
+ * bytes 0..15: vector k < 4 the low nibbles of bytes 32k.., k >= 4 the high
+ * nibbles of bytes 32(k - 4).. */
+LB_INLINE void lb_nibbles_x8(const uint8_t *qs, __m256i q[8]) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    LB_UNROLL
+    for (int k = 0; k < 4; k++) {
+        const __m256i v = lb_loadu256(qs + 32 * k);
+        q[k] = _mm256_and_si256(v, m4);
+        q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    }
+}
+
 /* The 32 quants of block b of the 8 rows as 8 vectors, vector k holding the
  * row's elements 4k..4k+3 in lane r (Q4: low nibbles are elements 0..15,
  * high ones 16..31, so k < 4 takes low nibbles and k >= 4 high ones), and
@@ -933,13 +947,8 @@ LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i 
     }
     if (type == LB_TYPE_Q5_0) {
         const lb_block_x8_q5 *x = (const lb_block_x8_q5 *)w + b;
-        const __m256i m4 = _mm256_set1_epi8(15), words = lb_loadu256(x->qh);
-        LB_UNROLL
-        for (int k = 0; k < 4; k++) {
-            const __m256i v = lb_loadu256(x->qs + 32 * k);
-            q[k] = _mm256_and_si256(v, m4);
-            q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        }
+        const __m256i words = lb_loadu256(x->qh);
+        lb_nibbles_x8(x->qs, q);
         LB_UNROLL
         for (int k = 0; k < 8; k++) {
             const __m256i bits = _mm256_and_si256(_mm256_shuffle_epi8(words, lb_q5_spread(k)), lb_q5_bits(k));
@@ -950,24 +959,12 @@ LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i 
     }
     if (type == LB_TYPE_Q4_1) {
         const lb_block_x8_q41 *x = (const lb_block_x8_q41 *)w + b;
-        const __m256i m4 = _mm256_set1_epi8(15);
-        LB_UNROLL
-        for (int k = 0; k < 4; k++) {
-            const __m256i v = lb_loadu256(x->qs + 32 * k);
-            q[k] = _mm256_and_si256(v, m4);
-            q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        }
+        lb_nibbles_x8(x->qs, q);
         *mins = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->m));
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
     }
     const lb_block_x8_q4 *x = (const lb_block_x8_q4 *)w + b;
-    const __m256i m4 = _mm256_set1_epi8(15);
-    LB_UNROLL
-    for (int k = 0; k < 4; k++) {
-        const __m256i v = lb_loadu256(x->qs + 32 * k);
-        q[k] = _mm256_and_si256(v, m4);
-        q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-    }
+    lb_nibbles_x8(x->qs, q);
     if (type == LB_TYPE_IQ4_NL) {
         const __m256i levels = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lb_kvalues_iq4nl));
         const __m256i table = LB_X86_VNNI ? _mm256_xor_si256(levels, _mm256_set1_epi8((char)0x80)) : levels;
@@ -1054,6 +1051,17 @@ LB_INLINE __m512i lb_join256(__m256i lo, __m256i hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
+/* lb_nibbles_x8 of two groups' blocks, the first group in the low halves. */
+LB_INLINE void lb_nibbles_x16(const uint8_t *qs0, const uint8_t *qs1, __m512i q[8]) {
+    const __m512i m4 = _mm512_set1_epi8(15);
+    LB_UNROLL
+    for (int k = 0; k < 4; k++) {
+        const __m512i v = lb_join256(lb_loadu256(qs0 + 32 * k), lb_loadu256(qs1 + 32 * k));
+        q[k] = _mm512_and_si512(v, m4);
+        q[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    }
+}
+
 LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, int64_t b, __m512i q[8],
                                __m512 *mins) {
     const uint16_t *d0, *d1;
@@ -1067,27 +1075,15 @@ LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, i
         d1 = x1->d;
     } else if (type == LB_TYPE_Q4_1) {
         const lb_block_x8_q41 *x0 = (const lb_block_x8_q41 *)w0 + b, *x1 = (const lb_block_x8_q41 *)w1 + b;
-        const __m512i m4 = _mm512_set1_epi8(15);
-        LB_UNROLL
-        for (int k = 0; k < 4; k++) {
-            const __m512i v = lb_join256(lb_loadu256(x0->qs + 32 * k), lb_loadu256(x1->qs + 32 * k));
-            q[k] = _mm512_and_si512(v, m4);
-            q[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-        }
+        lb_nibbles_x16(x0->qs, x1->qs, q);
         const __m128i m0 = _mm_loadu_si128((const __m128i *)x0->m), m1 = _mm_loadu_si128((const __m128i *)x1->m);
         *mins = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(m0), m1, 1));
         d0 = x0->d;
         d1 = x1->d;
     } else if (type == LB_TYPE_Q5_0) {
         const lb_block_x8_q5 *x0 = (const lb_block_x8_q5 *)w0 + b, *x1 = (const lb_block_x8_q5 *)w1 + b;
-        const __m512i m4 = _mm512_set1_epi8(15);
         const __m512i words = lb_join256(lb_loadu256(x0->qh), lb_loadu256(x1->qh));
-        LB_UNROLL
-        for (int k = 0; k < 4; k++) {
-            const __m512i v = lb_join256(lb_loadu256(x0->qs + 32 * k), lb_loadu256(x1->qs + 32 * k));
-            q[k] = _mm512_and_si512(v, m4);
-            q[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-        }
+        lb_nibbles_x16(x0->qs, x1->qs, q);
         LB_UNROLL
         for (int k = 0; k < 8; k++) {
             const __m512i spread = _mm512_shuffle_epi8(words, _mm512_broadcast_i64x4(lb_q5_spread(k)));
@@ -1098,13 +1094,7 @@ LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, i
         d1 = x1->d;
     } else {
         const lb_block_x8_q4 *x0 = (const lb_block_x8_q4 *)w0 + b, *x1 = (const lb_block_x8_q4 *)w1 + b;
-        const __m512i m4 = _mm512_set1_epi8(15);
-        LB_UNROLL
-        for (int k = 0; k < 4; k++) {
-            const __m512i v = lb_join256(lb_loadu256(x0->qs + 32 * k), lb_loadu256(x1->qs + 32 * k));
-            q[k] = _mm512_and_si512(v, m4);
-            q[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-        }
+        lb_nibbles_x16(x0->qs, x1->qs, q);
         if (type == LB_TYPE_IQ4_NL) {
             const __m512i levels = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lb_kvalues_iq4nl));
             const __m512i table = _mm512_xor_si512(levels, _mm512_set1_epi8((char)0x80));
