@@ -26,10 +26,13 @@ static lb_x8_layout lb_x8_layout_of(int32_t type) {
     return l;
 }
 
+/* Where quant byte j of row r lies in a packed block's quant bytes. */
+static inline size_t lb_x8_q_index(int r, size_t j) { return (j / 4) * 32 + 4 * (size_t)r + j % 4; }
+
 /* Where row r's middle field and quant byte j lie in a packed block. */
 static size_t lb_x8_at_qh(const lb_x8_layout *l, int r) { return 2 * LB_PACK_ROWS + l->qh * (size_t)r; }
 static size_t lb_x8_at_q(const lb_x8_layout *l, int r, size_t j) {
-    return 2 * LB_PACK_ROWS + l->qh * LB_PACK_ROWS + (j / 4) * 32 + 4 * (size_t)r + j % 4;
+    return 2 * LB_PACK_ROWS + l->qh * LB_PACK_ROWS + lb_x8_q_index(r, j);
 }
 
 void lb_pack_x8(int32_t type, const void *src, int64_t nrows, int64_t n, void *dst) {
@@ -72,7 +75,7 @@ void lb_unpack_x8_row(int32_t type, const void *packed, int64_t n, int64_t row, 
 }
 
 /* Quant byte j (0..qbytes-1) of row r in a packed block's qs. */
-static inline uint8_t lb_x8_byte(const uint8_t *qs, int r, int j) { return qs[(j / 4) * 32 + 4 * r + j % 4]; }
+static inline uint8_t lb_x8_byte(const uint8_t *qs, int r, int j) { return qs[lb_x8_q_index(r, (size_t)j)]; }
 
 /* The kernels differ only in how a row's 32 quants decode to integers; the
  * float work is the type's reference vec_dot's, block by block (Q4_1 adds
