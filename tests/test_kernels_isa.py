@@ -206,6 +206,88 @@ def _encoder_inputs(rng: np.random.Generator, block: int) -> dict[str, np.ndarra
     }
 
 
+# ---- softmax and SwiGLU: the library's own exp -------------------------------------
+
+
+def _softmax(x: np.ndarray, scale: float) -> np.ndarray:
+    y = np.array(x, np.float32)
+    assert lib.lb_softmax(y.size, ffi.from_buffer("float[]", y), scale) == 0
+    return y
+
+
+def _swiglu(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    y = np.array(g, np.float32)
+    uc = np.ascontiguousarray(u, np.float32)
+    assert lib.lb_swiglu(y.size, ffi.from_buffer("float[]", y), ffi.from_buffer("float[]", uc)) == 0
+    return y
+
+
+# Lengths around the 8 lanes, and a score row of a long context.
+SOFTMAX_LENGTHS = [1, 3, 8, 13, 64, 333, 4099]
+
+
+@pytest.mark.parametrize("n", SOFTMAX_LENGTHS)
+def test_softmax_matches_float64_and_agrees_on_every_path(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 40).astype(np.float32)  # some exps fall below exp(-87)
+    scale = 0.125  # a power of two: x * scale is exact, so float64 sees the same inputs
+    out = on_each_path(lambda: _softmax(x, scale))
+    for p in AVAILABLE:
+        assert_same_floats(out[p], out["scalar"], f"softmax n={n} {p}")
+    z = x * np.float32(scale)
+    # x - max rounded to float as the library rounds it: that rounding alone
+    # moves exp by up to |x - max| * 2^-24, which no float softmax avoids
+    want = np.exp((z - z.max()).astype(np.float64))
+    want /= want.sum()
+    # exp within 2 ulp, each of the 8 partial sums within n/8 ulp, then the
+    # reciprocal and the product: (4 + n/8) ulp; values below exp(-87) are 0
+    rtol = (4 + n / 8) * 2.0**-23
+    np.testing.assert_allclose(out["scalar"], want, rtol=rtol, atol=1e-37)
+
+
+def test_softmax_special_values_agree_on_every_path() -> None:
+    cases = {
+        "underflow": np.array([0.0, -100.0, -700.0, -1e30], np.float32),
+        "minus_inf": np.array([1.0, -np.inf, 2.0, -np.inf, 0.5, 3.0, -np.inf, 1.0, 2.5], np.float32),
+        "nan": np.array([1.0, np.nan, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.0], np.float32),
+        "zeros": np.array([-0.0, 0.0] * 9, np.float32),
+    }
+    for name, x in cases.items():
+        out = on_each_path(lambda x=x: _softmax(x, 1.0))
+        for p in AVAILABLE:
+            assert_same_floats(out[p], out["scalar"], f"softmax {name} {p}")
+    np.testing.assert_array_equal(_softmax(cases["zeros"], 1.0), np.full(18, 1 / 18, np.float32))
+    assert np.array_equal(_softmax(cases["underflow"], 1.0), [1.0, 0.0, 0.0, 0.0])
+    want = np.exp(cases["minus_inf"].astype(np.float64) - 3.0)
+    np.testing.assert_allclose(_softmax(cases["minus_inf"], 1.0), want / want.sum(), rtol=1e-6, atol=0)
+    assert np.isnan(_softmax(cases["nan"], 1.0)).all()  # the NaN reaches the sum, so every output
+
+
+def test_swiglu_matches_float64_and_agrees_on_every_path() -> None:
+    rng = np.random.default_rng(11)
+    g = np.concatenate(
+        [
+            np.linspace(-120, 120, 2001, dtype=np.float32),  # past both ends of exp's range
+            (rng.standard_normal(997) * 4).astype(np.float32),
+            np.array([0.0, -0.0, 87.0, -87.0, 88.0, -88.0, np.inf, -np.inf, np.nan], np.float32),
+        ]
+    )
+    u = rng.uniform(-2, 2, g.size).astype(np.float32)
+    out = on_each_path(lambda: _swiglu(g, u))
+    for p in AVAILABLE:
+        assert_same_floats(out[p], out["scalar"], f"swiglu {p}")
+    fin = np.isfinite(g)
+    g64 = g[fin].astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = g64 / (1.0 + np.exp(-g64)) * u[fin]
+    # exp within 2 ulp, then an addition, a division and a product: 4 ulp; where
+    # exp gives 0 or inf (beyond exp(+-87)), the true value is within 1e-36 of it
+    np.testing.assert_allclose(out["scalar"][fin], want, rtol=4 * 2.0**-23, atol=1e-36)
+    inf, minus_inf, nan = out["scalar"][~fin]
+    assert inf == np.inf * np.sign(u[~fin][0])  # inf * sigmoid(inf) * u
+    assert np.isnan(minus_inf) and np.isnan(nan)  # -inf / (1 + inf); NaN
+
+
 @pytest.mark.parametrize("path", SIMD or ["none"])
 @pytest.mark.parametrize("t", [QT.Q8_0, QT.Q8_1, QT.Q8_K], ids=lambda t: t.name)
 def test_activation_encoders_are_byte_identical(path: str, t: QT) -> None:

@@ -57,6 +57,9 @@ FITS_BELOW = 0.8  # of the available memory
 
 # GGML type ids of the activation encodings the kernels pair with each weight type
 # (the traits table's vec_dot_type): bytes per block and values per block.
+# Queries per attention task in the library (LB_ATT_TILE): one score row each.
+_ATT_TILE = 16
+
 _ACT_ENCODING: dict[int, tuple[int, int]] = {
     0: (4, 1), 1: (4, 1), 30: (4, 1),  # F32, F16, BF16 -> F32
     2: (34, 32), 6: (34, 32), 8: (34, 32), 20: (34, 32),  # Q4_0, Q5_0, Q8_0, IQ4_NL -> Q8_0
@@ -174,7 +177,7 @@ def scratch_bytes(
         if t.name == out_name or any(f".{m}.weight" in t.name for m in matrices):
             block, values = _ACT_ENCODING.get(t.type_id, (4, 1))
             act = max(act, math.ceil(t.shape[0] / values) * block)
-    att = n_threads * n_ctx
+    att = n_threads * _ATT_TILE * n_ctx  # score rows: each attention task's queries
     inv_freq = (hp.rope_dim // 2) * 8
     query = 0  # a Q8_0 cache: each thread's query head encoded to Q8_0
     if cache_type.lower() == "q8_0":
@@ -599,7 +602,7 @@ def estimate_memory_from_shape(
     )
     block, values = act_encoding
     act = math.ceil(max(shape.n_embd, q_dim, shape.n_ff) / values) * block
-    scratch = 4 * (floats + threads * n_ctx) + (shape.rope_dim // 2) * 8 + nb * act
+    scratch = 4 * (floats + threads * _ATT_TILE * n_ctx) + (shape.rope_dim // 2) * 8 + nb * act
     scratch += _act_info_bytes(nb, shape.n_embd, q_dim, shape.n_ff)
     if cache_type.lower() == "q8_0":  # each thread's query head encoded to Q8_0, as scratch_bytes counts
         qblock, qvalues = KV_CACHE_TYPES["q8_0"]

@@ -115,6 +115,17 @@ lb_status lb_quantize_rows(int32_t type, const float *src, int64_t nrows, int64_
 lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w,
                      size_t w_size, const float *x, float *out);
 
+/* The attention softmax in place over n floats, as the forward pass takes
+ * it: x = x * scale, then exp(x - max) / sum, with the library's own exp
+ * (relative error within a few float ulps; below exp(-87) it gives 0) and the
+ * sum in a fixed order, so every instruction-set path gives the same floats.
+ * NaNs are skipped by the max and stay NaN. */
+lb_status lb_softmax(int64_t n, float *x, float scale);
+
+/* SwiGLU in place, as the feed-forward takes it: g[i] = g[i] / (1 +
+ * exp(-g[i])) * u[i] for i < n, with lb_softmax's exp. */
+lb_status lb_swiglu(int64_t n, float *g, const float *u);
+
 /* ---- instruction-set paths --------------------------------------------- */
 
 /* The kernel path in use: "scalar" (portable C, the reference), "avx2"

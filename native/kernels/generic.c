@@ -12,6 +12,8 @@
  * The minimum terms of q2_K/q4_K/q5_K use q8_K's bsums, as GGML does, so an
  * optimised kernel needs no second pass over the activations.
  */
+#include <math.h>
+
 #include "kernels.h"
 #include "lb_internal.h"
 
@@ -337,6 +339,62 @@ float lb_attn_dot_ref(int64_t n, const float *q, const uint16_t *k) {
 void lb_attn_axpy_ref(int64_t n, float w, const uint16_t *v, float *o) {
     for (int64_t i = 0; i < n; i++) {
         o[i] += w * lb_fp16_to_fp32(v[i]);
+    }
+}
+
+/* Constants of lb_exp_ref: ln2 split so that n * LB_LN2_HI is exact for
+ * |n| <= 2^9, and the coefficients of Cephes' expf (S. L. Moshier, Cephes
+ * Math Library, 1984-2000). LB_ROUND_MAGIC (1.5 * 2^23) rounds |y| < 2^22 to
+ * the nearest integer by one addition and one subtraction. */
+#define LB_LOG2E 1.44269504088896341f
+#define LB_LN2_HI 0.693359375f
+#define LB_LN2_LO -2.12194440e-4f
+#define LB_ROUND_MAGIC 12582912.0f
+
+float lb_exp_ref(float x) {
+    if (!(x >= -87.0f)) {
+        return x != x ? x : 0.0f;
+    }
+    if (x > 88.0f) {
+        return INFINITY;
+    }
+    const float n = (x * LB_LOG2E + LB_ROUND_MAGIC) - LB_ROUND_MAGIC;
+    float r = x - n * LB_LN2_HI;
+    r = r - n * LB_LN2_LO;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = (p * r * r + r) + 1.0f;
+    /* n is in [-126, 127] here, so 2^n is a normal float */
+    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+void lb_softmax_ref(int64_t n, float *x, float scale) {
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < n; p++) {
+        x[p] *= scale;
+        mx = x[p] > mx ? x[p] : mx;
+    }
+    float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t p = 0; p < n; p++) {
+        x[p] = lb_exp_ref(x[p] - mx);
+        s[p % 8] += x[p];
+    }
+    const float inv = 1.0f / (((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])));
+    for (int64_t p = 0; p < n; p++) {
+        x[p] *= inv;
+    }
+}
+
+void lb_swiglu_ref(int64_t n, float *g, const float *u) {
+    for (int64_t i = 0; i < n; i++) {
+        g[i] = g[i] / (1.0f + lb_exp_ref(-g[i])) * u[i];
     }
 }
 

@@ -176,15 +176,35 @@ typedef void (*lb_attn_axpy_fn)(int64_t n, float w, const uint16_t *v, float *o)
 float lb_attn_dot_ref(int64_t n, const float *q, const uint16_t *k);
 void lb_attn_axpy_ref(int64_t n, float w, const uint16_t *v, float *o);
 
-/* The same over all n_keys keys of a head in one call (key p at k + p *
- * k_stride bytes): s[p] = attn_dot(n, q, key p); and o[0..n) = the sum over p
- * in order of w[p] * v_p[i], starting from o = 0, each product and sum rounded
- * on its own (attn_axpy repeated). One call instead of one per key lets a path
- * keep the output in registers and overlap the keys' dependency chains. */
-typedef void (*lb_attn_scores_f16_fn)(int64_t n, int64_t n_keys, const float *q, const void *k, size_t k_stride,
-                                      float *s);
-typedef void (*lb_attn_wsum_f16_fn)(int64_t n, int64_t n_keys, const float *w, const void *v, size_t v_stride,
-                                    float *o);
+/* The same for nq queries against one head's keys and values, so a path
+ * converts each fp16 key and value once for all of them (the query heads that
+ * share a KV head, over several tokens). Key p is at k + p * k_stride bytes.
+ * Scores: s[j * s_stride + p] = attn_dot(n, q[j], key p) for p < n_keys.
+ * Output: o[j][0..n) = the sum over p < n_keys[j], in order, of
+ * w[j * w_stride + p] * v_p[i], starting from o = 0, each product and sum
+ * rounded on its own (attn_axpy repeated). */
+typedef void (*lb_attn_scores_f16_fn)(int64_t n, int nq, const float *const *q, int64_t n_keys, const void *k,
+                                      size_t k_stride, float *s, size_t s_stride);
+typedef void (*lb_attn_wsum_f16_fn)(int64_t n, int nq, const float *w, size_t w_stride, const int64_t *n_keys,
+                                    const void *v, size_t v_stride, float *const *o);
+
+/* exp(x) from + - * and a power of two, so that every path computes the
+ * same float: x rounded to n * ln2 + r (|r| <= ln2/2, ln2 in two parts),
+ * Cephes' degree-7 polynomial for exp(r) (relative error about 1 ulp) and
+ * 2^n in the exponent bits. x > 88 gives +inf, x < -87 gives 0 (exp(-87) is
+ * 1.6e-38), NaN stays NaN. */
+float lb_exp_ref(float x);
+
+/* In place over n floats: x = x * scale, then x = exp(x - max) / sum, with
+ * lb_exp_ref, the max of the scaled values (NaNs skipped) and the sum in 8
+ * interleaved partial sums combined as attn_dot's; x is multiplied by the
+ * rounded 1 / sum. Every path gives the same floats. */
+typedef void (*lb_softmax_fn)(int64_t n, float *x, float scale);
+void lb_softmax_ref(int64_t n, float *x, float scale);
+
+/* SwiGLU in place: g[i] = g[i] / (1 + lb_exp_ref(-g[i])) * u[i]. */
+typedef void (*lb_swiglu_fn)(int64_t n, float *g, const float *u);
+void lb_swiglu_ref(int64_t n, float *g, const float *u);
 
 /* Attention over a Q8_0 KV cache, n (a whole number of blocks) values per
  * head. Scores: s[p] = the Q8_0 vec_dot of the query q (encoded to Q8_0) with
@@ -212,6 +232,8 @@ typedef struct lb_kernels {
     lb_attn_axpy_fn attn_axpy;
     lb_attn_scores_f16_fn attn_scores_f16;    /* NULL: attn_dot key by key */
     lb_attn_wsum_f16_fn attn_wsum_f16;        /* NULL: attn_axpy key by key */
+    lb_softmax_fn softmax;                    /* NULL: the reference */
+    lb_swiglu_fn swiglu;                      /* NULL: the reference */
     lb_attn_scores_q8_0_fn attn_scores_q8_0;  /* NULL: the path's Q8_0 vec_dot, key by key */
     lb_attn_wsum_q8_0_fn attn_wsum_q8_0;      /* NULL: the reference */
     lb_gemm_x8_fn gemm_x8[LB_TYPE_SLOTS];     /* packed weights; NULL: the path does not pack that type

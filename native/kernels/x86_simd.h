@@ -544,87 +544,260 @@ static void lb_x86_attn_axpy(int64_t n, float w, const uint16_t *v, float *o) {
 
 LB_INLINE __m256 lb_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-/* Four keys at a time, each with lb_x86_attn_dot's operations: the four
- * dependency chains of adds overlap instead of waiting on each other. */
-static void lb_x86_attn_scores_f16(int64_t n, int64_t n_keys, const float *q, const void *k, size_t k_stride,
-                                   float *s) {
+/* Head sizes the multi-query kernels stage in f32 on the stack (a multiple of
+ * 8 up to this; others take the key-by-key kernels). */
+#define LB_ATT_DMAX 256
+/* Values converted per staging round of lb_x86_attn_wsum_f16. */
+#define LB_ATT_VKEYS 16
+
+/* Lane c = lb_hsum_ps(a[c]): the same additions in the same tree for 8
+ * vectors at once. u[c] holds lo + hi of a[c] (low half) and a[c + 4]. */
+LB_INLINE __m256 lb_hsum8_ps(const __m256 a[8]) {
+    __m256 u[4];
+    LB_UNROLL
+    for (int c = 0; c < 4; c++) {
+        u[c] = _mm256_add_ps(_mm256_permute2f128_ps(a[c], a[c + 4], 0x20), _mm256_permute2f128_ps(a[c], a[c + 4], 0x31));
+    }
+    const __m256 v01 = _mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 v23 = _mm256_add_ps(_mm256_shuffle_ps(u[2], u[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm256_shuffle_ps(u[2], u[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm256_add_ps(_mm256_shuffle_ps(v01, v23, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm256_shuffle_ps(v01, v23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* Keys go 8 at a time: converted once to f32 (chunk i of key c at
+ * kt[(i * 8 + c) * 8]) for all nq queries, each query's 8 sums kept apart in
+ * 8 registers so that their dependency chains overlap, and reduced together.
+ * Every score gets lb_x86_attn_dot's operations. With 512-bit vectors, two
+ * keys share a register: the query's 8 floats go to both halves. */
+static void lb_x86_attn_scores_f16(int64_t n, int nq, const float *const *q, int64_t n_keys, const void *k,
+                                   size_t k_stride, float *s, size_t s_stride) {
     const uint8_t *kr = (const uint8_t *)k;
-    const int64_t n8 = n & ~(int64_t)7;
-    float qt[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* the tail of q, zero padded as in lb_x86_attn_dot */
-    memcpy(qt, q + n8, (size_t)(n - n8) * sizeof *q);
     int64_t p = 0;
-    for (; p + 4 <= n_keys; p += 4) {
-        const uint16_t *kp[4];
-        __m256 acc[4];
-        LB_UNROLL
-        for (int c = 0; c < 4; c++) {
-            kp[c] = (const uint16_t *)(kr + (size_t)(p + c) * k_stride);
-            acc[c] = _mm256_setzero_ps();
-        }
-        for (int64_t i = 0; i < n8; i += 8) {
-            const __m256 qv = _mm256_loadu_ps(q + i);
-            LB_UNROLL
-            for (int c = 0; c < 4; c++) {
-                acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(qv, lb_f16x8(kp[c] + i)));
+    if (n % 8 == 0 && n <= LB_ATT_DMAX) {
+        const int64_t nc = n / 8;
+        float kt[LB_ATT_DMAX * 8];
+        for (; p + 8 <= n_keys; p += 8) {
+            for (int c = 0; c < 8; c++) {
+                const uint16_t *row = (const uint16_t *)(kr + (size_t)(p + c) * k_stride);
+                for (int64_t i = 0; i < nc; i++) {
+                    _mm256_storeu_ps(kt + (i * 8 + c) * 8, lb_f16x8(row + 8 * i));
+                }
             }
-        }
-        if (n8 < n) {
-            const __m256 qv = _mm256_loadu_ps(qt);
-            LB_UNROLL
-            for (int c = 0; c < 4; c++) {
-                acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(qv, lb_load_f16_part(kp[c] + n8, n - n8)));
+            for (int j = 0; j < nq; j++) {
+                const float *qj = q[j];
+                __m256 acc[8];
+#if LB_X86_VNNI
+                __m512 acc2[4];
+                LB_UNROLL
+                for (int c = 0; c < 4; c++) {
+                    acc2[c] = _mm512_setzero_ps();
+                }
+                for (int64_t i = 0; i < nc; i++) {
+                    const __m512 qv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(qj + 8 * i))));
+                    LB_UNROLL
+                    for (int c = 0; c < 4; c++) {
+                        acc2[c] = _mm512_add_ps(acc2[c], _mm512_mul_ps(qv, _mm512_loadu_ps(kt + (i * 8 + 2 * c) * 8)));
+                    }
+                }
+                LB_UNROLL
+                for (int c = 0; c < 4; c++) {
+                    acc[2 * c] = _mm512_castps512_ps256(acc2[c]);
+                    acc[2 * c + 1] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc2[c]), 1));
+                }
+#else
+                LB_UNROLL
+                for (int c = 0; c < 8; c++) {
+                    acc[c] = _mm256_setzero_ps();
+                }
+                for (int64_t i = 0; i < nc; i++) {
+                    const __m256 qv = _mm256_loadu_ps(qj + 8 * i);
+                    LB_UNROLL
+                    for (int c = 0; c < 8; c++) {
+                        acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(qv, _mm256_loadu_ps(kt + (i * 8 + c) * 8)));
+                    }
+                }
+#endif
+                _mm256_storeu_ps(s + (size_t)j * s_stride + p, lb_hsum8_ps(acc));
             }
-        }
-        LB_UNROLL
-        for (int c = 0; c < 4; c++) {
-            s[p + c] = lb_hsum_ps(acc[c]);
         }
     }
     for (; p < n_keys; p++) {
-        s[p] = lb_x86_attn_dot(n, q, (const uint16_t *)(kr + (size_t)p * k_stride));
+        const uint16_t *row = (const uint16_t *)(kr + (size_t)p * k_stride);
+        for (int j = 0; j < nq; j++) {
+            s[(size_t)j * s_stride + p] = lb_x86_attn_dot(n, q[j], row);
+        }
     }
 }
 
-/* 64 outputs at a time held in registers over every key (then 8, then one):
- * per element, lb_x86_attn_axpy's product and sum in key order. */
-static void lb_x86_attn_wsum_f16(int64_t n, int64_t n_keys, const float *w, const void *v, size_t v_stride,
-                                 float *o) {
+/* o = 0, then for each key in order o += w * v (lb_x86_attn_axpy's product
+ * and sum, element by element). Values are converted to f32 LB_ATT_VKEYS
+ * keys at a time and shared by every query; a query's outputs stay in
+ * registers, 64 at a time, over those keys. */
+static void lb_x86_attn_wsum_f16(int64_t n, int nq, const float *w, size_t w_stride, const int64_t *n_keys,
+                                 const void *v, size_t v_stride, float *const *o) {
     const uint8_t *vr = (const uint8_t *)v;
-    int64_t i0 = 0;
-    for (; i0 + 64 <= n; i0 += 64) {
-        __m256 acc[8];
-        LB_UNROLL
-        for (int c = 0; c < 8; c++) {
-            acc[c] = _mm256_setzero_ps();
-        }
-        for (int64_t p = 0; p < n_keys; p++) {
-            const uint16_t *row = (const uint16_t *)(vr + (size_t)p * v_stride) + i0;
-            const __m256 wv = _mm256_set1_ps(w[p]);
-            LB_UNROLL
-            for (int c = 0; c < 8; c++) {
-                acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(wv, lb_f16x8(row + 8 * c)));
+    int64_t kmax = 0;
+    for (int j = 0; j < nq; j++) {
+        memset(o[j], 0, (size_t)n * sizeof(float));
+        kmax = n_keys[j] > kmax ? n_keys[j] : kmax;
+    }
+    if (n % 8 != 0 || n > LB_ATT_DMAX) {
+        for (int j = 0; j < nq; j++) {
+            for (int64_t p = 0; p < n_keys[j]; p++) {
+                lb_x86_attn_axpy(n, w[(size_t)j * w_stride + p], (const uint16_t *)(vr + (size_t)p * v_stride), o[j]);
             }
         }
-        LB_UNROLL
-        for (int c = 0; c < 8; c++) {
-            _mm256_storeu_ps(o + i0 + 8 * c, acc[c]);
+        return;
+    }
+    float vt[LB_ATT_VKEYS * LB_ATT_DMAX];
+    for (int64_t p0 = 0; p0 < kmax; p0 += LB_ATT_VKEYS) {
+        const int64_t kb = kmax - p0 < LB_ATT_VKEYS ? kmax - p0 : LB_ATT_VKEYS;
+        for (int64_t c = 0; c < kb; c++) {
+            const uint16_t *row = (const uint16_t *)(vr + (size_t)(p0 + c) * v_stride);
+            for (int64_t i = 0; i < n; i += 8) {
+                _mm256_storeu_ps(vt + c * n + i, lb_f16x8(row + i));
+            }
+        }
+        for (int j = 0; j < nq; j++) {
+            const int64_t ne = (n_keys[j] < p0 + kb ? n_keys[j] : p0 + kb) - p0;
+            if (ne <= 0) {
+                continue;
+            }
+            const float *wj = w + (size_t)j * w_stride + p0;
+            float *oj = o[j];
+            int64_t i0 = 0;
+#if LB_X86_VNNI
+            for (; i0 + 64 <= n; i0 += 64) {
+                __m512 acc[4];
+                LB_UNROLL
+                for (int c = 0; c < 4; c++) {
+                    acc[c] = _mm512_loadu_ps(oj + i0 + 16 * c);
+                }
+                for (int64_t e = 0; e < ne; e++) {
+                    const __m512 wv = _mm512_set1_ps(wj[e]);
+                    LB_UNROLL
+                    for (int c = 0; c < 4; c++) {
+                        acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(wv, _mm512_loadu_ps(vt + e * n + i0 + 16 * c)));
+                    }
+                }
+                LB_UNROLL
+                for (int c = 0; c < 4; c++) {
+                    _mm512_storeu_ps(oj + i0 + 16 * c, acc[c]);
+                }
+            }
+#else
+            for (; i0 + 64 <= n; i0 += 64) {
+                __m256 acc[8];
+                LB_UNROLL
+                for (int c = 0; c < 8; c++) {
+                    acc[c] = _mm256_loadu_ps(oj + i0 + 8 * c);
+                }
+                for (int64_t e = 0; e < ne; e++) {
+                    const __m256 wv = _mm256_set1_ps(wj[e]);
+                    LB_UNROLL
+                    for (int c = 0; c < 8; c++) {
+                        acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(wv, _mm256_loadu_ps(vt + e * n + i0 + 8 * c)));
+                    }
+                }
+                LB_UNROLL
+                for (int c = 0; c < 8; c++) {
+                    _mm256_storeu_ps(oj + i0 + 8 * c, acc[c]);
+                }
+            }
+#endif
+            for (; i0 < n; i0 += 8) {
+                __m256 acc = _mm256_loadu_ps(oj + i0);
+                for (int64_t e = 0; e < ne; e++) {
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(wj[e]), _mm256_loadu_ps(vt + e * n + i0)));
+                }
+                _mm256_storeu_ps(oj + i0, acc);
+            }
         }
     }
-    for (; i0 + 8 <= n; i0 += 8) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t p = 0; p < n_keys; p++) {
-            const uint16_t *row = (const uint16_t *)(vr + (size_t)p * v_stride) + i0;
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(w[p]), lb_f16x8(row)));
-        }
-        _mm256_storeu_ps(o + i0, acc);
+}
+
+/* lb_exp_ref on 8 lanes: the same operations, out-of-range lanes replaced
+ * by its special values afterwards. */
+LB_INLINE __m256 lb_exp_ps(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.0f);
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)), magic), magic);
+    __m256 r = _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+LB_INLINE float lb_hmax_ps(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* lb_softmax_ref: the max and the sum in 8 lanes, the tails in the lanes the
+ * reference gives them (element p in partial sum p % 8). */
+static void lb_x86_softmax(int64_t n, float *x, float scale) {
+    const int64_t n8 = n & ~(int64_t)7;
+    const __m256 vs = _mm256_set1_ps(scale);
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    for (int64_t p = 0; p < n8; p += 8) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + p), vs);
+        _mm256_storeu_ps(x + p, v);
+        mv = _mm256_max_ps(v, mv); /* v > m ? v : m, as the reference */
     }
-    for (; i0 < n; i0++) {
-        float acc = 0.0f;
-        for (int64_t p = 0; p < n_keys; p++) {
-            acc += w[p] * lb_h2f(((const uint16_t *)(vr + (size_t)p * v_stride))[i0]);
-        }
-        o[i0] = acc;
+    /* no lane holds a NaN, so the order of the lanes can only choose between
+     * +0 and -0, and x - (+0) and x - (-0) have the same exp */
+    float mx = lb_hmax_ps(mv);
+    for (int64_t p = n8; p < n; p++) {
+        x[p] *= scale;
+        mx = x[p] > mx ? x[p] : mx;
     }
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 sv = _mm256_setzero_ps();
+    for (int64_t p = 0; p < n8; p += 8) {
+        const __m256 e = lb_exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + p), vm));
+        _mm256_storeu_ps(x + p, e);
+        sv = _mm256_add_ps(sv, e);
+    }
+    float s[8];
+    _mm256_storeu_ps(s, sv);
+    for (int64_t p = n8; p < n; p++) {
+        x[p] = lb_exp_ref(x[p] - mx);
+        s[p % 8] += x[p];
+    }
+    const float inv = 1.0f / (((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])));
+    const __m256 vi = _mm256_set1_ps(inv);
+    for (int64_t p = 0; p < n8; p += 8) {
+        _mm256_storeu_ps(x + p, _mm256_mul_ps(_mm256_loadu_ps(x + p), vi));
+    }
+    for (int64_t p = n8; p < n; p++) {
+        x[p] *= inv;
+    }
+}
+
+static void lb_x86_swiglu(int64_t n, float *g, const float *u) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 e = lb_exp_ps(_mm256_xor_ps(gv, _mm256_set1_ps(-0.0f)));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    lb_swiglu_ref(n - i, g + i, u + i);
 }
 
 /* Lane i = the sum of the 8 lanes of p[i]. */
@@ -1285,7 +1458,7 @@ LB_X86_ENTRIES(q6_K, lb_dot_q6_K)
     .from_float = {[LB_TYPE_Q8_0] = lb_x86_quantize_q8_0, [LB_TYPE_Q8_1] = lb_x86_quantize_q8_1,               \
                    [LB_TYPE_Q8_K] = lb_x86_quantize_q8_K},                                                    \
     .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy, .attn_scores_f16 = lb_x86_attn_scores_f16,     \
-    .attn_wsum_f16 = lb_x86_attn_wsum_f16,                                                                      \
+    .attn_wsum_f16 = lb_x86_attn_wsum_f16, .softmax = lb_x86_softmax, .swiglu = lb_x86_swiglu,                \
     .attn_scores_q8_0 = lb_x86_attn_scores_q8_0, .attn_wsum_q8_0 = lb_x86_attn_wsum_q8_0,                   \
     .gemm_x8 = {[LB_TYPE_Q4_0] = lb_gx8_q4_0, [LB_TYPE_Q4_1] = lb_gx8_q4_1, [LB_TYPE_Q5_0] = lb_gx8_q5_0,        \
                 [LB_TYPE_IQ4_NL] = lb_gx8_iq4_nl, [LB_TYPE_Q8_0] = lb_gx8_q8_0}

@@ -25,6 +25,11 @@ typedef struct lb_tensor {
     void *packed;       /* the rows repacked in groups of 8 (lb_pack_x8), owned; NULL: not packed */
 } lb_tensor;
 
+/* Queries per attention task: query heads that share a KV head, times
+ * consecutive tokens, so that a path converts each cached key and value once
+ * for all of them. m->att holds this many score rows per thread. */
+#define LB_ATT_TILE 16
+
 typedef struct lb_layer {
     lb_tensor attn_norm;        /* [n_embd] F32 */
     lb_tensor wq;               /* [n_embd, n_head*head_dim] */
@@ -71,7 +76,7 @@ struct lb_model {
     float *up;                  /* [n_batch][n_ff] */
     float *rope_cs;             /* [n_batch][rope_dim]: cos, sin interleaved */
     double *inv_freq;           /* [rope_dim/2] */
-    float *att;                 /* [n_threads][n_ctx] attention scores */
+    float *att;                 /* [n_threads][LB_ATT_TILE][n_ctx] attention scores */
     uint8_t *q8;                /* Q8_0 cache: [n_threads][head_row] one query head, encoded */
     uint8_t *act;               /* encoded activations: [n_batch][act_row_max] */
     size_t act_row_max;
@@ -382,7 +387,7 @@ lb_status lb_model_ready(lb_model *m) {
     m->up = (float *)lb_alloc(nb * (size_t)c->n_ff, sizeof(float), &total);
     m->rope_cs = (float *)lb_alloc(nb * (size_t)c->rope_dim, sizeof(float), &total);
     m->inv_freq = (double *)lb_alloc((size_t)c->rope_dim / 2, sizeof(double), &total);
-    m->att = (float *)lb_alloc((size_t)c->n_threads * (size_t)c->n_ctx, sizeof(float), &total);
+    m->att = (float *)lb_alloc((size_t)c->n_threads * LB_ATT_TILE * (size_t)c->n_ctx, sizeof(float), &total);
     m->act = (uint8_t *)lb_alloc(nb, act, &total);
     m->act_info = (lb_q8_info *)lb_alloc(nb * (size_t)m->act_blocks, sizeof(lb_q8_info), &total);
     if (q8_kv) {
@@ -535,7 +540,7 @@ typedef struct lb_matmul_job {
     int64_t act_blocks;
     int64_t n_tok;
     int n_parts;
-    int swiglu;
+    lb_swiglu_fn swiglu; /* NULL: no SwiGLU */
     lb_mm_part part[3];
 } lb_matmul_job;
 
@@ -594,9 +599,7 @@ static void lb_matmul_task(void *ctx, int64_t task, int tid) {
         for (int64_t t = 0; t < j->n_tok; t++) {
             float *g = p->out + t * p->ld_out;
             const float *up = u->out + t * u->ld_out;
-            for (int64_t r = r0; r < r1; r++) {
-                g[r] = g[r] / (1.0f + expf(-g[r])) * up[r];
-            }
+            j->swiglu(r1 - r0, g + r0, up + r0);
         }
     }
 }
@@ -644,9 +647,7 @@ static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *c
             for (int64_t t = 0; t < n_tok; t++) {
                 float *g = outs[0] + t * lds[0];
                 const float *u = outs[1] + t * lds[1];
-                for (int64_t r = 0; r < ws[0]->ne1; r++) {
-                    g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
-                }
+                (k->swiglu ? k->swiglu : lb_swiglu_ref)(ws[0]->ne1, g, u);
             }
         }
         return;
@@ -658,7 +659,7 @@ static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *c
     mj.act_info = m->act_info;
     mj.act_blocks = m->act_blocks;
     mj.n_tok = n_tok;
-    mj.swiglu = swiglu;
+    mj.swiglu = swiglu ? (k->swiglu ? k->swiglu : lb_swiglu_ref) : NULL;
     mj.n_parts = swiglu ? 1 : nw; /* with swiglu, part 1 rides along with part 0's tasks */
     int64_t tasks = 0;
     for (int i = 0; i < nw; i++) {
@@ -717,6 +718,10 @@ typedef struct lb_attn_job {
     int layer;
     int32_t pos0;
     int64_t n_tok;
+    int gh;                     /* query heads per task, from one KV group */
+    int n_slices;               /* tasks per KV group and token block: group / gh */
+    int64_t tt;                 /* tokens per task */
+    int64_t n_tblk;             /* token blocks */
     lb_attn_dot_fn dot;         /* F16 cache */
     lb_attn_axpy_fn axpy;
     lb_attn_scores_f16_fn f16_scores; /* NULL: dot key by key */
@@ -725,81 +730,116 @@ typedef struct lb_attn_job {
     lb_attn_scores_q8_0_fn q8_scores; /* NULL: q8_dot key by key */
     lb_vec_dot_fn q8_dot;
     lb_attn_wsum_q8_0_fn q8_wsum;
+    lb_softmax_fn softmax;
 } lb_attn_job;
 
-/* Scores q.k * scale of one query head against n_keys cached keys. */
-static void lb_attn_scores(const lb_attn_job *j, const float *q, const uint8_t *kc, int64_t n_keys, float scale,
-                           float *sc, int tid) {
+/* Scores of one query head against n_keys keys of a Q8_0 cache. */
+static void lb_attn_scores_q8(const lb_attn_job *j, const float *q, const uint8_t *kc, int64_t n_keys, float *sc,
+                              int tid) {
     const lb_model *m = j->m;
-    const int hd = m->cfg.head_dim;
-    if (m->cfg.kv_type == LB_TYPE_Q8_0) {
-        /* Encode the query once, as the matrix kernels encode their inputs,
-         * and take integer dot products with the keys' blocks. */
-        uint8_t *qq = m->q8 + (size_t)tid * m->head_row;
-        j->q8_encode(q, qq, hd);
-        if (j->q8_scores) {
-            j->q8_scores(hd, n_keys, qq, kc, m->kv_row, sc);
-        } else {
-            for (int64_t p = 0; p < n_keys; p++) {
-                j->q8_dot(hd, &sc[p], qq, kc + (size_t)p * m->kv_row);
-            }
-        }
-    } else if (j->f16_scores) {
-        j->f16_scores(hd, n_keys, q, kc, m->kv_row, sc);
-    } else {
-        for (int64_t p = 0; p < n_keys; p++) {
-            sc[p] = j->dot(hd, q, (const uint16_t *)(kc + (size_t)p * m->kv_row));
-        }
+    /* encode the query once, as the matrix kernels encode their inputs, and
+     * take integer dot products with the keys' blocks */
+    uint8_t *qq = m->q8 + (size_t)tid * m->head_row;
+    j->q8_encode(q, qq, m->cfg.head_dim);
+    if (j->q8_scores) {
+        j->q8_scores(m->cfg.head_dim, n_keys, qq, kc, m->kv_row, sc);
+        return;
     }
     for (int64_t p = 0; p < n_keys; p++) {
-        sc[p] *= scale;
+        j->q8_dot(m->cfg.head_dim, &sc[p], qq, kc + (size_t)p * m->kv_row);
     }
 }
 
-/* One (token, head) pair: causal attention over the cache. */
+/* Causal attention for the query heads of one task (heads [h0, h0 + gh) of
+ * one KV group, tokens [t0, t1)): query (t, h) reads the cache up to its own
+ * position. Token blocks go last to first, so the longest tasks start first. */
 static void lb_attn_task(void *ctx, int64_t task, int tid) {
     const lb_attn_job *j = (const lb_attn_job *)ctx;
     lb_model *m = j->m;
     const lb_model_config *c = &m->cfg;
-    const int64_t t = task / c->n_head;
-    const int h = (int)(task % c->n_head);
-    const int kvh = h / (c->n_head / c->n_head_kv);
+    const int group = c->n_head / c->n_head_kv;
+    const int slice = (int)(task % j->n_slices);
+    const int kvh = (int)(task / j->n_slices % c->n_head_kv);
+    const int64_t t0 = (j->n_tblk - 1 - task / j->n_slices / c->n_head_kv) * j->tt;
+    const int64_t t1 = t0 + j->tt < j->n_tok ? t0 + j->tt : j->n_tok;
+    const int h0 = kvh * group + slice * j->gh;
     const int hd = c->head_dim;
-    const int64_t n_keys = (int64_t)j->pos0 + t + 1;
-    const float *q = m->q + t * m->q_dim + (int64_t)h * hd;
     const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * m->kv_row;
     const uint8_t *kc = m->k_cache + layer_off + (size_t)kvh * m->head_row;
     const uint8_t *vc = m->v_cache + layer_off + (size_t)kvh * m->head_row;
-    float *sc = m->att + (size_t)tid * (size_t)c->n_ctx;
+    float *sc = m->att + (size_t)tid * LB_ATT_TILE * (size_t)c->n_ctx;
     const float scale = 1.0f / sqrtf((float)hd);
 
-    lb_attn_scores(j, q, kc, n_keys, scale, sc, tid);
-    float mx = -INFINITY;
-    for (int64_t p = 0; p < n_keys; p++) {
-        mx = sc[p] > mx ? sc[p] : mx;
+    const float *qs[LB_ATT_TILE];
+    float *os[LB_ATT_TILE];
+    int64_t nk[LB_ATT_TILE];
+    int nq = 0;
+    for (int64_t t = t0; t < t1; t++) {
+        for (int h = h0; h < h0 + j->gh; h++) {
+            qs[nq] = m->q + t * m->q_dim + (int64_t)h * hd;
+            os[nq] = m->xn + t * m->q_dim + (int64_t)h * hd;
+            nk[nq] = (int64_t)j->pos0 + t + 1;
+            nq++;
+        }
     }
-    float sum = 0.0f;
-    for (int64_t p = 0; p < n_keys; p++) {
-        sc[p] = expf(sc[p] - mx);
-        sum += sc[p];
-    }
-    const float inv = 1.0f / sum;
-    float *o = m->xn + t * m->q_dim + (int64_t)h * hd;
-    for (int64_t p = 0; p < n_keys; p++) {
-        sc[p] *= inv;
-    }
+    const int64_t kmax = (int64_t)j->pos0 + t1;
+    const size_t ld = (size_t)c->n_ctx;
+
     if (c->kv_type == LB_TYPE_Q8_0) {
-        j->q8_wsum(hd, n_keys, sc, vc, m->kv_row, o);
-    } else if (j->f16_wsum) {
-        j->f16_wsum(hd, n_keys, sc, vc, m->kv_row, o);
-    } else {
-        for (int i = 0; i < hd; i++) {
-            o[i] = 0.0f;
+        for (int q = 0; q < nq; q++) {
+            lb_attn_scores_q8(j, qs[q], kc, nk[q], sc, tid);
+            j->softmax(nk[q], sc, scale);
+            j->q8_wsum(hd, nk[q], sc, vc, m->kv_row, os[q]);
         }
-        for (int64_t p = 0; p < n_keys; p++) {
-            j->axpy(hd, sc[p], (const uint16_t *)(vc + (size_t)p * m->kv_row), o);
+        return;
+    }
+    /* scores up to the last query's position; each query then uses its own */
+    if (j->f16_scores) {
+        j->f16_scores(hd, nq, qs, kmax, kc, m->kv_row, sc, ld);
+    } else {
+        for (int q = 0; q < nq; q++) {
+            for (int64_t p = 0; p < nk[q]; p++) {
+                sc[q * ld + p] = j->dot(hd, qs[q], (const uint16_t *)(kc + (size_t)p * m->kv_row));
+            }
         }
     }
+    for (int q = 0; q < nq; q++) {
+        j->softmax(nk[q], sc + q * ld, scale);
+    }
+    if (j->f16_wsum) {
+        j->f16_wsum(hd, nq, sc, ld, nk, vc, m->kv_row, os);
+        return;
+    }
+    for (int q = 0; q < nq; q++) {
+        memset(os[q], 0, (size_t)hd * sizeof(float));
+        for (int64_t p = 0; p < nk[q]; p++) {
+            j->axpy(hd, sc[q * ld + p], (const uint16_t *)(vc + (size_t)p * m->kv_row), os[q]);
+        }
+    }
+}
+
+/* How lb_attn_task splits n_tok tokens: a task takes gh heads of one KV
+ * group (a divisor of the group, at most LB_ATT_TILE) over tt tokens, unless
+ * that leaves fewer than 4 tasks a thread (one token: decoding), when tasks
+ * take one head each so that the threads share the work evenly. */
+static void lb_attn_tiles(const lb_model *m, lb_attn_job *j) {
+    const lb_model_config *c = &m->cfg;
+    const int group = c->n_head / c->n_head_kv;
+    int gh = group;
+    while (gh > LB_ATT_TILE || group % gh != 0) {
+        gh--;
+    }
+    int64_t tt = LB_ATT_TILE / gh < j->n_tok ? LB_ATT_TILE / gh : j->n_tok;
+    int64_t n_tblk = (j->n_tok + tt - 1) / tt;
+    if (n_tblk * c->n_head_kv * (group / gh) < 4 * (int64_t)c->n_threads) {
+        gh = 1;
+        tt = 1;
+        n_tblk = j->n_tok;
+    }
+    j->gh = gh;
+    j->n_slices = group / gh;
+    j->tt = tt;
+    j->n_tblk = n_tblk;
 }
 
 static void lb_add_bias(float *x, const lb_tensor *b, int64_t n_tok, int64_t ld) {
@@ -891,12 +931,18 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
                 ((uint16_t *)vd)[i] = lb_fp32_to_fp16(m->v[t * m->kv_dim + i]);
             }
         }
-        lb_attn_job aj = {m, l, pos0, n_tok, kern->attn_dot ? kern->attn_dot : lb_attn_dot_ref,
-                          kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref, kern->attn_scores_f16,
-                          kern->attn_wsum_f16, q8_encode, kern->attn_scores_q8_0,
-                          lb_kernel_vec_dot(kern, LB_TYPE_Q8_0),
-                          kern->attn_wsum_q8_0 ? kern->attn_wsum_q8_0 : lb_attn_wsum_q8_0_ref};
-        lb_pool_run(m->pool, lb_attn_task, &aj, n_tok * c->n_head);
+        lb_attn_job aj = {m, l, pos0, n_tok};
+        lb_attn_tiles(m, &aj);
+        aj.dot = kern->attn_dot ? kern->attn_dot : lb_attn_dot_ref;
+        aj.axpy = kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref;
+        aj.f16_scores = kern->attn_scores_f16;
+        aj.f16_wsum = kern->attn_wsum_f16;
+        aj.q8_encode = q8_encode;
+        aj.q8_scores = kern->attn_scores_q8_0;
+        aj.q8_dot = lb_kernel_vec_dot(kern, LB_TYPE_Q8_0);
+        aj.q8_wsum = kern->attn_wsum_q8_0 ? kern->attn_wsum_q8_0 : lb_attn_wsum_q8_0_ref;
+        aj.softmax = kern->softmax ? kern->softmax : lb_softmax_ref;
+        lb_pool_run(m->pool, lb_attn_task, &aj, aj.n_tblk * c->n_head_kv * aj.n_slices);
         /* xn now holds the attention output [n_tok][q_dim] */
         enc.src = NULL;
         lb_matmul(m, &enc, &L->wo, m->xn, m->q_dim, n_tok, m->tmp, d);

@@ -807,3 +807,31 @@ lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w, size_
     free(scratch);
     return LB_OK;
 }
+
+lb_status lb_softmax(int64_t n, float *x, float scale) {
+    lb_clear_error();
+    lb_status st;
+    if ((st = lb_check_not_null("lb_softmax", x, "x"))) {
+        return st;
+    }
+    if (n < 0) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_softmax: n = %lld, must not be negative", (long long)n);
+    }
+    const lb_kernels *k = lb_kernels_active();
+    (k->softmax ? k->softmax : lb_softmax_ref)(n, x, scale);
+    return LB_OK;
+}
+
+lb_status lb_swiglu(int64_t n, float *g, const float *u) {
+    lb_clear_error();
+    lb_status st;
+    if ((st = lb_check_not_null("lb_swiglu", g, "g")) || (st = lb_check_not_null("lb_swiglu", u, "u"))) {
+        return st;
+    }
+    if (n < 0) {
+        return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_swiglu: n = %lld, must not be negative", (long long)n);
+    }
+    const lb_kernels *k = lb_kernels_active();
+    (k->swiglu ? k->swiglu : lb_swiglu_ref)(n, g, u);
+    return LB_OK;
+}
