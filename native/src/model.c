@@ -931,7 +931,7 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
                 ((uint16_t *)vd)[i] = lb_fp32_to_fp16(m->v[t * m->kv_dim + i]);
             }
         }
-        lb_attn_job aj = {m, l, pos0, n_tok};
+        lb_attn_job aj = {.m = m, .layer = l, .pos0 = pos0, .n_tok = n_tok};
         lb_attn_tiles(m, &aj);
         aj.dot = kern->attn_dot ? kern->attn_dot : lb_attn_dot_ref;
         aj.axpy = kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref;
