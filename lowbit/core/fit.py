@@ -55,11 +55,11 @@ OVERHEAD_FIXED_BYTES = round(13.2 * MIB)
 OVERHEAD_BYTES_PER_VOCAB_ENTRY = 331
 FITS_BELOW = 0.8  # of the available memory
 
-# GGML type ids of the activation encodings the kernels pair with each weight type
-# (the traits table's vec_dot_type): bytes per block and values per block.
 # Queries per attention task in the library (LB_ATT_TILE): one score row each.
 _ATT_TILE = 16
 
+# GGML type ids of the activation encodings the kernels pair with each weight type
+# (the traits table's vec_dot_type): bytes per block and values per block.
 _ACT_ENCODING: dict[int, tuple[int, int]] = {
     0: (4, 1), 1: (4, 1), 30: (4, 1),  # F32, F16, BF16 -> F32
     2: (34, 32), 6: (34, 32), 8: (34, 32), 20: (34, 32),  # Q4_0, Q5_0, Q8_0, IQ4_NL -> Q8_0

@@ -119,7 +119,7 @@ lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w,
  * it: x = x * scale, then exp(x - max) / sum, with the library's own exp
  * (relative error within a few float ulps; below exp(-87) it gives 0) and the
  * sum in a fixed order, so every instruction-set path gives the same floats.
- * NaNs are skipped by the max and stay NaN. */
+ * The max skips NaNs, but a NaN reaches the sum and so makes every output NaN. */
 lb_status lb_softmax(int64_t n, float *x, float scale);
 
 /* SwiGLU in place, as the feed-forward takes it: g[i] = g[i] / (1 +

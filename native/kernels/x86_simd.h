@@ -556,7 +556,8 @@ LB_INLINE __m256 lb_hsum8_ps(const __m256 a[8]) {
     __m256 u[4];
     LB_UNROLL
     for (int c = 0; c < 4; c++) {
-        u[c] = _mm256_add_ps(_mm256_permute2f128_ps(a[c], a[c + 4], 0x20), _mm256_permute2f128_ps(a[c], a[c + 4], 0x31));
+        u[c] = _mm256_add_ps(_mm256_permute2f128_ps(a[c], a[c + 4], 0x20),
+                             _mm256_permute2f128_ps(a[c], a[c + 4], 0x31));
     }
     const __m256 v01 = _mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
                                      _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
@@ -595,7 +596,9 @@ static void lb_x86_attn_scores_f16(int64_t n, int nq, const float *const *q, int
                     acc2[c] = _mm512_setzero_ps();
                 }
                 for (int64_t i = 0; i < nc; i++) {
-                    const __m512 qv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(qj + 8 * i))));
+                    /* the query's 8 floats in both halves */
+                    const __m256d q8 = _mm256_castps_pd(_mm256_loadu_ps(qj + 8 * i));
+                    const __m512 qv = _mm512_castpd_ps(_mm512_broadcast_f64x4(q8));
                     LB_UNROLL
                     for (int c = 0; c < 4; c++) {
                         acc2[c] = _mm512_add_ps(acc2[c], _mm512_mul_ps(qv, _mm512_loadu_ps(kt + (i * 8 + 2 * c) * 8)));
@@ -724,7 +727,8 @@ LB_INLINE __m256 lb_exp_ps(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.0f);
     const __m256 magic = _mm256_set1_ps(12582912.0f);
     const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)), magic), magic);
+    const __m256 xl = _mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f));
+    const __m256 n = _mm256_sub_ps(_mm256_add_ps(xl, magic), magic);
     __m256 r = _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
     r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
     __m256 p = _mm256_set1_ps(1.9875691500e-4f);
