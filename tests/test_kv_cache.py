@@ -143,19 +143,25 @@ def test_q8_0_cache_is_identical_on_every_path(tmp_path: Path, qtype: QT, n_embd
 def test_f16_cache_tiles_are_identical_on_every_path(
     tmp_path: Path, n_embd: int, n_head: int, n_head_kv: int
 ) -> None:
-    """A prompt's attention goes in tiles of query heads and tokens that share each
-    converted key and value; one token's goes head by head. Both give the scalar
-    path's floats, whatever the head size (20 and 288 take the key-by-key kernels)."""
+    """Attention goes in tiles of query heads and tokens that share each converted key
+    and value, or head by head and token by token when the tiles are fewer than the
+    threads. Both give the scalar path's floats, whatever the head size (20 and 288
+    take the key-by-key kernels)."""
     tm = make_tiny_model(
         tmp_path / "m.gguf", weight_type=QT.Q8_0, seed=3, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv
     )
     tokens = [int(t) for t in np.random.default_rng(8).integers(0, 261, size=41)]
-    with Model.load(tm.path, n_ctx=64, n_threads=1) as m:  # one thread: the 35-token prompt goes in tiles
-        batched = on_each_path(lambda: prefill_then_decode(m, tokens, 35))
-        stepwise = on_each_path(lambda: prefill_then_decode(m, tokens, 1))
+    with Model.load(tm.path, n_ctx=64, n_threads=1) as m:  # one thread: every call goes in tiles
+        tiles = on_each_path(lambda: prefill_then_decode(m, tokens, 35))
+        tiles_stepwise = on_each_path(lambda: prefill_then_decode(m, tokens, 1))
+    with Model.load(tm.path, n_ctx=64, n_threads=4) as m:  # one token makes 1 or 2 tiles: head by head
+        heads = on_each_path(lambda: prefill_then_decode(m, tokens, 1))
+    want = heads["scalar"]
     for p in AVAILABLE:
-        assert_same_floats(batched[p], stepwise["scalar"], f"n_embd={n_embd} n_head={n_head} {p} batched")
-        assert_same_floats(stepwise[p], stepwise["scalar"], f"n_embd={n_embd} n_head={n_head} {p} stepwise")
+        what = f"n_embd={n_embd} n_head={n_head} {p}"
+        assert_same_floats(tiles[p], want, f"{what} tiles")
+        assert_same_floats(tiles_stepwise[p], want, f"{what} tiles, one token at a time")
+        assert_same_floats(heads[p], want, f"{what} head by head")
 
 
 def test_smollm2_q8_0_cache_on_every_path(smollm2_gguf: Path) -> None:

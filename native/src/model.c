@@ -819,9 +819,12 @@ static void lb_attn_task(void *ctx, int64_t task, int tid) {
 }
 
 /* How lb_attn_task splits n_tok tokens: a task takes gh heads of one KV
- * group (a divisor of the group, at most LB_ATT_TILE) over tt tokens, unless
- * that leaves fewer than 4 tasks a thread (one token: decoding), when tasks
- * take one head each so that the threads share the work evenly. */
+ * group (a divisor of the group, at most LB_ATT_TILE) over tt tokens. Tasks
+ * of one head and one token serve when that leaves too few tasks to share
+ * out: fewer than the threads with an F16 cache, where a tile converts each
+ * key and value once for all its heads (so one token's 3 tiles on 2 threads
+ * still beat its 9 heads), fewer than 4 a thread with a Q8_0 cache, where the
+ * heads of a tile go one after the other. */
 static void lb_attn_tiles(const lb_model *m, lb_attn_job *j) {
     const lb_model_config *c = &m->cfg;
     const int group = c->n_head / c->n_head_kv;
@@ -831,7 +834,8 @@ static void lb_attn_tiles(const lb_model *m, lb_attn_job *j) {
     }
     int64_t tt = LB_ATT_TILE / gh < j->n_tok ? LB_ATT_TILE / gh : j->n_tok;
     int64_t n_tblk = (j->n_tok + tt - 1) / tt;
-    if (n_tblk * c->n_head_kv * (group / gh) < 4 * (int64_t)c->n_threads) {
+    const int64_t min_tasks = (c->kv_type == LB_TYPE_F16 ? 1 : 4) * (int64_t)c->n_threads;
+    if (n_tblk * c->n_head_kv * (group / gh) < min_tasks) {
         gh = 1;
         tt = 1;
         n_tblk = j->n_tok;
