@@ -523,6 +523,7 @@ typedef struct lb_mm_part {
     float *out;                 /* [n_tok][ld_out] */
     int64_t ld_out;
     int64_t task_end;           /* one past this part's last task in the job */
+    int64_t task_rows;          /* rows per task (lb_task_rows) */
     lb_vec_dot_fn dot;
     lb_vec_dot_multi_fn multi;  /* NULL: one vec_dot per (row, token) */
     lb_gemm_x8_fn gemm_x8;      /* w->packed: the kernel for it */
@@ -590,8 +591,8 @@ static void lb_matmul_task(void *ctx, int64_t task, int tid) {
     }
     const lb_mm_part *p = &j->part[i];
     const int64_t first = i > 0 ? j->part[i - 1].task_end : 0;
-    const int64_t r0 = (task - first) * LB_ROWS_PER_TASK;
-    const int64_t r1 = r0 + LB_ROWS_PER_TASK < p->w->ne1 ? r0 + LB_ROWS_PER_TASK : p->w->ne1;
+    const int64_t r0 = (task - first) * p->task_rows;
+    const int64_t r1 = r0 + p->task_rows < p->w->ne1 ? r0 + p->task_rows : p->w->ne1;
     lb_matmul_rows(j, p, r0, r1);
     if (j->swiglu) {
         const lb_mm_part *u = &j->part[1];
@@ -628,6 +629,20 @@ static size_t lb_encode_input(lb_model *m, lb_encoded *enc, const lb_kernels *k,
         enc->n_tok = n_tok;
     }
     return act_row;
+}
+
+/* Rows per matmul task. A prompt keeps LB_ROWS_PER_TASK, whose weights stay
+ * in L1 while every token passes over them. A few tokens (decoding) give a
+ * large matrix longer tasks, about LB_TASKS_PER_THREAD a thread: each task
+ * costs an atomic on the pool's shared line and restarts the prefetch, and
+ * the output matrix alone would otherwise make thousands of them a token. */
+#define LB_TASKS_PER_THREAD 16
+static int64_t lb_task_rows(const lb_model *m, const lb_tensor *w, int64_t n_tok) {
+    if (n_tok > LB_MULTI_MAX) {
+        return LB_ROWS_PER_TASK;
+    }
+    const int64_t per = w->ne1 / ((int64_t)LB_ROWS_PER_TASK * LB_TASKS_PER_THREAD * m->cfg.n_threads);
+    return LB_ROWS_PER_TASK * (per > 1 ? per : 1);
 }
 
 /* outs[i][t][0..ws[i].ne1) = W_i x[t] for nw matrices of the same input
@@ -670,8 +685,9 @@ static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *c
         p->dot = lb_kernel_vec_dot(k, ws[i]->type);
         p->multi = lb_kernel_vec_dot_multi(k, ws[i]->type);
         p->gemm_x8 = lb_kernel_gemm_x8(k, ws[i]->type);
+        p->task_rows = lb_task_rows(m, ws[i], n_tok); /* gate and up (swiglu): the same shape */
         if (i < mj.n_parts) {
-            tasks += (ws[i]->ne1 + LB_ROWS_PER_TASK - 1) / LB_ROWS_PER_TASK;
+            tasks += (ws[i]->ne1 + p->task_rows - 1) / p->task_rows;
         }
         p->task_end = tasks;
     }
