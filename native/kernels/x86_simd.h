@@ -549,6 +549,16 @@ LB_INLINE __m256 lb_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_
 #define LB_ATT_DMAX 256
 /* Values converted per staging round of lb_x86_attn_wsum_f16. */
 #define LB_ATT_VKEYS 16
+/* Cached rows are LB_ATT_AHEAD keys ahead when prefetched: a head's part of
+ * a row is a few lines at a stride of the whole row, which the hardware
+ * prefetchers follow poorly. */
+#define LB_ATT_AHEAD 16
+
+LB_INLINE void lb_prefetch_row(const uint8_t *p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) {
+        _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
+    }
+}
 
 /* Lane c = lb_hsum_ps(a[c]): the same additions in the same tree for 8
  * vectors at once. u[c] holds lo + hi of a[c] (low half) and a[c + 4]. */
@@ -582,6 +592,9 @@ static void lb_x86_attn_scores_f16(int64_t n, int nq, const float *const *q, int
         for (; p + 8 <= n_keys; p += 8) {
             for (int c = 0; c < 8; c++) {
                 const uint16_t *row = (const uint16_t *)(kr + (size_t)(p + c) * k_stride);
+                if (p + c + LB_ATT_AHEAD < n_keys) {
+                    lb_prefetch_row(kr + (size_t)(p + c + LB_ATT_AHEAD) * k_stride, (size_t)n * 2);
+                }
                 for (int64_t i = 0; i < nc; i++) {
                     _mm256_storeu_ps(kt + (i * 8 + c) * 8, lb_f16x8(row + 8 * i));
                 }
@@ -659,6 +672,9 @@ static void lb_x86_attn_wsum_f16(int64_t n, int nq, const float *w, size_t w_str
         const int64_t kb = kmax - p0 < LB_ATT_VKEYS ? kmax - p0 : LB_ATT_VKEYS;
         for (int64_t c = 0; c < kb; c++) {
             const uint16_t *row = (const uint16_t *)(vr + (size_t)(p0 + c) * v_stride);
+            if (p0 + c + LB_ATT_AHEAD < kmax) {
+                lb_prefetch_row(vr + (size_t)(p0 + c + LB_ATT_AHEAD) * v_stride, (size_t)n * 2);
+            }
             for (int64_t i = 0; i < n; i += 8) {
                 _mm256_storeu_ps(vt + c * n + i, lb_f16x8(row + i));
             }
