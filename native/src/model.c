@@ -621,8 +621,11 @@ static size_t lb_encode_input(lb_model *m, lb_encoded *enc, const lb_kernels *k,
     const int32_t vt = lb_get_type_traits(w->type)->vec_dot_type;
     const size_t act_row = lb_row_bytes(vt, w->ne0);
     if (!(enc->src == x && enc->type == vt && enc->n_tok == n_tok)) {
+        /* the per-block info serves only the repacked kernels: none on a
+         * model loaded without repacking (scalar, NEON, LOWBIT_REPACK=0) */
+        const int info = (vt == LB_TYPE_Q8_0 || vt == LB_TYPE_Q8_1) && m->packed_bytes > 0;
         lb_encode_job ej = {x, ld_x, w->ne0, lb_kernel_from_float(k, vt), m->act, act_row,
-                            vt == LB_TYPE_Q8_0 || vt == LB_TYPE_Q8_1 ? m->act_info : NULL, m->act_blocks, vt};
+                            info ? m->act_info : NULL, m->act_blocks, vt};
         lb_pool_run(m->pool, lb_encode_task, &ej, n_tok);
         enc->src = x;
         enc->type = vt;
