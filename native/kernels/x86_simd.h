@@ -647,6 +647,26 @@ static void lb_x86_attn_scores_f16(int64_t n, int nq, const float *const *q, int
     }
 }
 
+/* The vector the weighted sums accumulate in: 512 bits on the AVX-512 path,
+ * 256 on AVX2. Their sums are per element, so the width changes no float. */
+#if LB_X86_VNNI
+#define LB_VW 16
+typedef __m512 lb_vf;
+#define lb_vf_loadu _mm512_loadu_ps
+#define lb_vf_storeu _mm512_storeu_ps
+#define lb_vf_set1 _mm512_set1_ps
+#define lb_vf_add _mm512_add_ps
+#define lb_vf_mul _mm512_mul_ps
+#else
+#define LB_VW 8
+typedef __m256 lb_vf;
+#define lb_vf_loadu _mm256_loadu_ps
+#define lb_vf_storeu _mm256_storeu_ps
+#define lb_vf_set1 _mm256_set1_ps
+#define lb_vf_add _mm256_add_ps
+#define lb_vf_mul _mm256_mul_ps
+#endif
+
 /* o = 0, then for each key in order o += w * v (lb_x86_attn_axpy's product
  * and sum, element by element). Values are converted to f32 LB_ATT_VKEYS
  * keys at a time and shared by every query; a query's outputs stay in
@@ -687,45 +707,24 @@ static void lb_x86_attn_wsum_f16(int64_t n, int nq, const float *w, size_t w_str
             const float *wj = w + (size_t)j * w_stride + p0;
             float *oj = o[j];
             int64_t i0 = 0;
-#if LB_X86_VNNI
             for (; i0 + 64 <= n; i0 += 64) {
-                __m512 acc[4];
+                lb_vf acc[64 / LB_VW];
                 LB_UNROLL
-                for (int c = 0; c < 4; c++) {
-                    acc[c] = _mm512_loadu_ps(oj + i0 + 16 * c);
+                for (int c = 0; c < 64 / LB_VW; c++) {
+                    acc[c] = lb_vf_loadu(oj + i0 + LB_VW * c);
                 }
                 for (int64_t e = 0; e < ne; e++) {
-                    const __m512 wv = _mm512_set1_ps(wj[e]);
+                    const lb_vf wv = lb_vf_set1(wj[e]);
                     LB_UNROLL
-                    for (int c = 0; c < 4; c++) {
-                        acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(wv, _mm512_loadu_ps(vt + e * n + i0 + 16 * c)));
+                    for (int c = 0; c < 64 / LB_VW; c++) {
+                        acc[c] = lb_vf_add(acc[c], lb_vf_mul(wv, lb_vf_loadu(vt + e * n + i0 + LB_VW * c)));
                     }
                 }
                 LB_UNROLL
-                for (int c = 0; c < 4; c++) {
-                    _mm512_storeu_ps(oj + i0 + 16 * c, acc[c]);
+                for (int c = 0; c < 64 / LB_VW; c++) {
+                    lb_vf_storeu(oj + i0 + LB_VW * c, acc[c]);
                 }
             }
-#else
-            for (; i0 + 64 <= n; i0 += 64) {
-                __m256 acc[8];
-                LB_UNROLL
-                for (int c = 0; c < 8; c++) {
-                    acc[c] = _mm256_loadu_ps(oj + i0 + 8 * c);
-                }
-                for (int64_t e = 0; e < ne; e++) {
-                    const __m256 wv = _mm256_set1_ps(wj[e]);
-                    LB_UNROLL
-                    for (int c = 0; c < 8; c++) {
-                        acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(wv, _mm256_loadu_ps(vt + e * n + i0 + 8 * c)));
-                    }
-                }
-                LB_UNROLL
-                for (int c = 0; c < 8; c++) {
-                    _mm256_storeu_ps(oj + i0 + 8 * c, acc[c]);
-                }
-            }
-#endif
             for (; i0 < n; i0 += 8) {
                 __m256 acc = _mm256_loadu_ps(oj + i0);
                 for (int64_t e = 0; e < ne; e++) {
