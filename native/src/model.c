@@ -421,6 +421,24 @@ lb_status lb_model_ready(lb_model *m) {
     return LB_OK;
 }
 
+/* The matrices of a layer, the tensors that may be repacked. */
+static const int32_t lb_matrix_roles[] = {LB_T_ATTN_Q,   LB_T_ATTN_K, LB_T_ATTN_V,  LB_T_ATTN_OUT,
+                                          LB_T_FFN_GATE, LB_T_FFN_UP, LB_T_FFN_DOWN};
+
+/* Layer L's matrix of a role in lb_matrix_roles; NULL for any other role. */
+static lb_tensor *lb_layer_matrix(lb_layer *L, int32_t role) {
+    switch (role) {
+    case LB_T_ATTN_Q: return &L->wq;
+    case LB_T_ATTN_K: return &L->wk;
+    case LB_T_ATTN_V: return &L->wv;
+    case LB_T_ATTN_OUT: return &L->wo;
+    case LB_T_FFN_GATE: return &L->w_gate;
+    case LB_T_FFN_UP: return &L->w_up;
+    case LB_T_FFN_DOWN: return &L->w_down;
+    default: return NULL;
+    }
+}
+
 void lb_model_free(lb_model *m) {
     if (!m) {
         return;
@@ -428,14 +446,9 @@ void lb_model_free(lb_model *m) {
     lb_pool_free(m->pool);
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layer; l++) {
-            lb_layer *L = &m->layers[l];
-            free(L->wq.packed);
-            free(L->wk.packed);
-            free(L->wv.packed);
-            free(L->wo.packed);
-            free(L->w_gate.packed);
-            free(L->w_up.packed);
-            free(L->w_down.packed);
+            for (size_t i = 0; i < sizeof lb_matrix_roles / sizeof lb_matrix_roles[0]; i++) {
+                free(lb_layer_matrix(&m->layers[l], lb_matrix_roles[i])->packed);
+            }
         }
     }
     free(m->output.packed);
@@ -481,17 +494,8 @@ int32_t lb_model_tensor_repacked(const lb_model *m, int32_t role, int32_t layer)
     if (layer < 0 || layer >= m->cfg.n_layer) {
         return 0;
     }
-    const lb_layer *L = &m->layers[layer];
-    switch (role) {
-    case LB_T_ATTN_Q: return L->wq.packed != NULL;
-    case LB_T_ATTN_K: return L->wk.packed != NULL;
-    case LB_T_ATTN_V: return L->wv.packed != NULL;
-    case LB_T_ATTN_OUT: return L->wo.packed != NULL;
-    case LB_T_FFN_GATE: return L->w_gate.packed != NULL;
-    case LB_T_FFN_UP: return L->w_up.packed != NULL;
-    case LB_T_FFN_DOWN: return L->w_down.packed != NULL;
-    default: return 0;
-    }
+    const lb_tensor *t = lb_layer_matrix(&m->layers[layer], role);
+    return t != NULL && t->packed != NULL;
 }
 
 /* ---- parallel building blocks ------------------------------------------- */
