@@ -4,8 +4,9 @@
 
 Quantizes the full-precision model (the test model dequantized to F32) to every
 preset in round-to-nearest mode, measures each with the evaluator, and prints
-per preset the summed weight noise, the measured KLD, the estimate with the
-shipped constants, and the constants fitted anew with their rank correlation.
+per preset the summed weight noise, the share of weights that meet 8-bit
+activations, the measured KLD, the estimate with the shipped constants, and the
+constants fitted anew with their rank correlation.
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ def main() -> None:
         rep = evaluate(f32, files, settings=settings, n_threads=args.threads, cache_dir=tmp / "cache")
     noise = [e.noise for e in est]
     kld = [c.kld_mean for c in rep.candidates]
-    floor, a, b = fit_noise_model(noise, kld)
-    print(f"{'preset':8} {'noise S':>9} {'KLD':>9} {'±':>8} {'estimate':>9} {'refit':>9}")
-    for p, e, c in zip(QUANT_PRESETS, est, rep.candidates, strict=True):
-        refit = kld_from_noise(e.noise, floor=floor, a=a, b=b)
+    share = [e.act8_share for e in est]
+    floor, a, b = fit_noise_model(noise, kld, share)
+    refits = [kld_from_noise(e.noise, e.act8_share, floor=floor, a=a, b=b) for e in est]
+    print(f"{'preset':8} {'noise S':>9} {'8-bit r':>8} {'KLD':>9} {'±':>8} {'estimate':>9} {'refit':>9}")
+    for p, e, c, refit in zip(QUANT_PRESETS, est, rep.candidates, refits, strict=True):
         print(
-            f"{p:8} {e.noise:9.5f} {c.kld_mean:9.5f} {c.kld_stderr:8.5f} {e.kld_estimate:9.5f} {refit:9.5f}"
+            f"{p:8} {e.noise:9.5f} {e.act8_share:8.3f} {c.kld_mean:9.5f} {c.kld_stderr:8.5f} "
+            f"{e.kld_estimate:9.5f} {refit:9.5f}"
         )
     shipped = [e.kld_estimate for e in est]
     log_err = float(np.sqrt(np.mean((np.log(shipped) - np.log(kld)) ** 2)))
@@ -60,7 +63,11 @@ def main() -> None:
         f"shipped: floor {FIT_FLOOR} a {FIT_A} b {FIT_B}; "
         f"Spearman {_spearman(shipped, kld):.3f}, log RMS {log_err:.3f}"
     )
-    print(f"refit:   floor {floor:.4f} a {a:.4f} b {b:.4f}")
+    refit_err = float(np.sqrt(np.mean((np.log(refits) - np.log(kld)) ** 2)))
+    print(
+        f"refit:   floor {floor:.4f} a {a:.4f} b {b:.4f}; "
+        f"Spearman {_spearman(refits, kld):.3f}, log RMS {refit_err:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -60,6 +60,23 @@ def test_fit_recovers_floor_and_power_law() -> None:
         fit_noise_model([0.1, 0.2, 0.0], [0.2, 0.3, 0.0])
 
 
+def test_fit_recovers_the_floor_scaled_by_the_8bit_share() -> None:
+    s = np.array([3e-4, 6e-3, 2e-2, 0.1, 0.4, 1.0, 2.5])
+    r = np.array([0.0, 0.2, 1.0, 0.8, 1.0, 1.0, 0.9])  # a Q8_0-like preset pays no floor
+    kld = 0.002 * r + 0.15 * s**0.85
+    floor, a, b = fit_noise_model(s, kld, r, steps=2000)
+    assert floor == pytest.approx(0.002, rel=0.02)
+    assert a == pytest.approx(0.15, rel=0.02) and b == pytest.approx(0.85, rel=0.02)
+    assert kld_from_noise(3e-4, 0.0, floor=floor, a=a, b=b) == pytest.approx(kld[0], rel=0.02)
+
+
+def test_8bit_share_follows_the_weight_types(tiny) -> None:
+    by = {e.preset: e for e in estimate(tiny.path, ["Q8_0", "Q4_0", "Q4_K_M"], n_threads=1)}
+    assert by["Q8_0"].act8_share == 0.0  # Q8_0 weights meet 16-bit activations
+    assert by["Q4_0"].act8_share > 0.5  # the embedding may stay Q8_0; the layers are Q4_0
+    assert 0.0 < by["Q4_K_M"].act8_share <= 1.0
+
+
 def test_bad_requests(tiny, tmp_path) -> None:
     with pytest.raises(QuantizeError, match="unknown preset"):
         estimate(tiny.path, ["Q9_X"])

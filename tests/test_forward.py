@@ -2,7 +2,8 @@
 
 Tolerances, and why. Lowbit computes in float32, keeps K and V in float16, and
 for quantized weights encodes each matrix input to 8-bit blocks (Q8_0, Q8_1,
-Q8_K) for integer dot products, as llama.cpp does. The reference is float64
+Q8_K) for integer dot products, as llama.cpp does (16-bit blocks, Q16, for Q8_0
+weights). The reference is float64
 with the stored weights decoded exactly, so the two differ by those roundings
 and nothing else. Rounding noise is not a fixed size: one activation that
 lands on the other side of a rounding boundary moves a logit by a whole step,
@@ -10,7 +11,7 @@ so a plain max-difference bound is either loose or flaky. We therefore measure
 the distance of Lowbit's next-token distributions from the exact ones (mean KL
 divergence) and compare it with the distance of an *ideal* implementation of
 the same documented numerics: the reference run again with the float16 cache
-and the 8-bit activation encoding emulated in float64. Lowbit must be within
+and the activation encodings emulated in float64. Lowbit must be within
 25% of that ideal (plus 1e-6 nats for float noise). Where no activation
 encoding is involved (F32, F16, BF16 weights) the logits themselves must agree
 to 2e-4 of their standard deviation, after removing each row's mean (softmax
@@ -71,6 +72,23 @@ def test_tiny_llama_every_type(tmp_path: Path, qtype: QT) -> None:
     with Model.load(tm.path, n_ctx=64, n_threads=2) as m:
         got = prefill_then_decode(m, tokens, 16)
     _assert_as_close_as_ideal(got, tm, tokens, types, qtype.name)
+
+
+# Matrices that read one input in different activation formats: Q and K against V
+# (Q8_0 -> Q16, Q4_0 -> Q8_0, Q4_1 -> Q8_1) and gate against up, as presets mix types.
+MIXED_ROLES = {
+    "two-formats": {"attn_v": QT.Q8_0, "ffn_up": QT.Q8_0},
+    "three-formats": {"attn_k": QT.Q4_1, "attn_v": QT.Q8_0, "ffn_gate": QT.Q4_K, "ffn_up": QT.Q8_0},
+}
+
+
+@pytest.mark.parametrize("roles", MIXED_ROLES.values(), ids=MIXED_ROLES.keys())
+def test_tiny_llama_mixed_types(tmp_path: Path, roles: dict) -> None:
+    tm = make_tiny_model(tmp_path / "m.gguf", weight_type=QT.Q4_0, role_types=roles, seed=9)
+    tokens = list(np.random.default_rng(6).integers(0, 261, size=24))
+    with Model.load(tm.path, n_ctx=64, n_threads=2) as m:
+        got = prefill_then_decode(m, tokens, 16)
+    _assert_as_close_as_ideal(got, tm, tokens, tm.types, "mixed types")
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])

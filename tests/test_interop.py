@@ -8,10 +8,10 @@ For every preset, from the same full-precision source:
 Tolerance, and why: on the F32 file the two engines agree to within 5e-6 KL
 divergence at every position, so the forward passes are the same computation. On quantized files
 both decode the same weights but round the activations differently (each picks
-its own points and formats for the 8-bit activation blocks of its integer dot
-products), and on SmolLM2 that costs 3e-3 to 7.5e-3 mean KLD between them
-(measured for all presets), the same size as what Q8 activations alone cost
-against a float64 forward pass (test_forward). The test allows a mean KLD of
+its own points and formats for the activation blocks of its integer dot
+products; Lowbit keeps 16 bits for Q8_0 weights), and on SmolLM2 that costs 3e-3
+to 7.5e-3 mean KLD between them (measured for all presets), the same size as what
+Q8 activations alone cost against a float64 forward pass (test_forward). The test allows a mean KLD of
 0.015, 0.15 at any single position, and the same top token at 90% of positions:
 twice the largest measured gap. The per-tensor types are compared exactly, and
 the F32 file, where no activation rounding intervenes, to within 1e-4.

@@ -10,7 +10,7 @@ What must agree, and how closely:
   whole-model logits, are the same floats on every path.
 - F32/F16/BF16 weights: the SIMD kernels sum in float with FMA in their own
   order, the reference in double; they agree to 1e-5 of sum |w_i x_i|.
-- The Q8_0/Q8_1/Q8_K activation encoders: the same bytes.
+- The Q8_0/Q8_1/Q8_K/Q16 activation encoders: the same bytes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gguf import GGMLQuantizationType as QT
 
 from lowbit.core.model import Model
 from lowbit.core.native import ffi, lib
-from tests.test_quants import quantize, random_quant_blocks, row_size, vec_dot
+from tests.test_quants import Q16, quantize, random_quant_blocks, row_size, type_name, vec_dot
 from tests.tiny_models import WEIGHT_TYPES, make_tiny_model, prefill_then_decode
 
 PATHS = ("avx512", "avx2", "neon", "scalar")  # best first, as the library ranks them
@@ -289,18 +289,24 @@ def test_swiglu_matches_float64_and_agrees_on_every_path() -> None:
 
 
 @pytest.mark.parametrize("path", SIMD or ["none"])
-@pytest.mark.parametrize("t", [QT.Q8_0, QT.Q8_1, QT.Q8_K], ids=lambda t: t.name)
-def test_activation_encoders_are_byte_identical(path: str, t: QT) -> None:
+@pytest.mark.parametrize("t", [QT.Q8_0, QT.Q8_1, QT.Q8_K, Q16], ids=type_name)
+def test_activation_encoders_are_byte_identical(path: str, t: int) -> None:
     if path == "none":
         pytest.skip("no SIMD path on this CPU")
     block = 256 if t == QT.Q8_K else 32
-    for name, x in _encoder_inputs(np.random.default_rng(int(t)), block).items():
+    rng = np.random.default_rng(int(t))
+    inputs = _encoder_inputs(rng, block)
+    if t == Q16:  # ties at Q16's scale: max |x| = 32767 makes d exactly 1
+        ties = rng.integers(-32766, 32766, size=16 * block).astype(np.float32) + 0.5
+        ties[::block] = 32767.0
+        inputs["ties"] = ties
+    for name, x in inputs.items():
         out = on_each_path(lambda x=x: quantize(int(t), x), ["scalar", path])
         assert out[path].nbytes == row_size(int(t), x.size)
         if not np.array_equal(out[path], out["scalar"]):
             per = row_size(int(t), block)
             bad = np.flatnonzero((out[path] != out["scalar"]).reshape(-1, per).any(axis=1))
-            raise AssertionError(f"{t.name} {path} {name}: blocks {bad[:8].tolist()} differ")
+            raise AssertionError(f"{type_name(t)} {path} {name}: blocks {bad[:8].tolist()} differ")
 
 
 # ---- whole models: multi-token kernels and every weight type -----------------------
@@ -331,6 +337,25 @@ def test_tiny_model_logits_agree_on_every_path(tmp_path: Path, qtype: QT) -> Non
             assert_same_floats(batched[p], ref, f"{qtype.name} {p} batched")
             # the multi-token kernels give each token what one-token calls give
             assert_same_floats(stepwise[p], ref, f"{qtype.name} {p} one token at a time")
+
+
+def test_mixed_type_model_logits_agree_on_every_path(tmp_path: Path) -> None:
+    """Matrices that read one input in several activation formats (test_forward's
+    MIXED_ROLES) share jobs and encoding slots: the same floats on every path, batched
+    or one token at a time, with 1 thread or 2."""
+    roles = {"attn_k": QT.Q4_1, "attn_v": QT.Q8_0, "ffn_gate": QT.Q4_K, "ffn_up": QT.Q8_0}
+    tm = make_tiny_model(tmp_path / "m.gguf", weight_type=QT.Q4_0, role_types=roles, seed=13)
+    tokens = [int(v) for v in np.random.default_rng(8).integers(0, 261, size=19)]
+    with Model.load(tm.path, n_ctx=64, n_threads=2) as m:
+        batched = on_each_path(lambda: prefill_then_decode(m, tokens, 11))
+        stepwise = on_each_path(lambda: _decode_only(m, tokens))
+    with Model.load(tm.path, n_ctx=64, n_threads=1) as m:
+        one_thread = prefill_then_decode(m, tokens, 11)
+    ref = batched["scalar"]
+    assert_same_floats(one_thread, batched[current_isa()], "1 thread against 2")
+    for p in AVAILABLE:
+        assert_same_floats(batched[p], ref, f"mixed {p} batched")
+        assert_same_floats(stepwise[p], ref, f"mixed {p} one token at a time")
 
 
 REPACKED_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.IQ4_NL, QT.Q8_0]

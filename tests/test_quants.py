@@ -1,9 +1,10 @@
 """Tensor types of the kernel library (native/src/quants.c, native/kernels/generic.c).
 
 Decoding is checked bit for bit against gguf-py's reference (gguf.quants), the
-Q8_0/F16/BF16 encoders likewise, and every vec_dot kernel against float64 dot
-products. The encoders of the other weight types, and lb_quantize_rows, are
-tested in test_quantize_types.py. Run against another build with LOWBIT_NATIVE_PATH.
+Q8_0/F16/BF16 encoders likewise, Lowbit's own activation formats against numpy
+versions, and every vec_dot kernel against float64 dot products. The encoders of
+the other weight types, and lb_quantize_rows, are tested in test_quantize_types.py.
+Run against another build with LOWBIT_NATIVE_PATH.
 """
 
 from __future__ import annotations
@@ -18,29 +19,39 @@ from lowbit.core.errors import InvalidArgumentError, NativeError
 from lowbit.core.native import LB_ERR_UNSUPPORTED, check, ffi, lib
 from tests.tiny_models import FP16_FIELDS
 
+# Lowbit's 16-bit activation format for Q8_0 weights (not a GGML type): a float32
+# scale and 32 int16 quants per block.
+Q16 = 64
+
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 QUANT_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL]
 WEIGHT_TYPES = FLOAT_TYPES + QUANT_TYPES
-ACTIVATION_TYPES = [T.Q8_1, T.Q8_K]
-# the encoders tested here (the float types and the Q8 activation formats)
-ENCODER_TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q8_1, T.Q8_K]
+ACTIVATION_TYPES = [T.Q8_1, T.Q8_K, Q16]
+# the encoders tested here (the float types and the activation formats)
+ENCODER_TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q8_1, T.Q8_K, Q16]
 
 VEC_DOT_TYPE = {t: T.F32 for t in FLOAT_TYPES}
-VEC_DOT_TYPE.update({t: T.Q8_0 for t in (T.Q4_0, T.Q5_0, T.Q8_0, T.IQ4_NL)})
+VEC_DOT_TYPE.update({t: T.Q8_0 for t in (T.Q4_0, T.Q5_0, T.IQ4_NL)})
+VEC_DOT_TYPE[T.Q8_0] = Q16
 VEC_DOT_TYPE.update({t: T.Q8_1 for t in (T.Q4_1, T.Q5_1)})
 VEC_DOT_TYPE.update({t: T.Q8_K for t in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)})
 
 # Q8_1 is 36 bytes (fp16 d and s) in GGML; gguf-py still lists the old 40-byte
 # layout. It is an activation format only, never stored in a file.
-EXPECTED_SIZES = {t: GGML_QUANT_SIZES[t] for t in WEIGHT_TYPES + ACTIVATION_TYPES}
+EXPECTED_SIZES = {t: GGML_QUANT_SIZES[t] for t in [*WEIGHT_TYPES, T.Q8_1, T.Q8_K]}
 EXPECTED_SIZES[T.Q8_1] = (32, 36)
+EXPECTED_SIZES[Q16] = (32, 68)
 
 FP16_MAX = 0x7BFF
 FP16_TINY = 0x0001  # smallest subnormal, 2^-24
 
 
+def type_name(t: int) -> str:
+    return "Q16" if t == Q16 else T(t).name
+
+
 def _ids(types):
-    return [t.name for t in types]
+    return [type_name(t) for t in types]
 
 
 # ---- thin wrappers over the C API ------------------------------------------------
@@ -189,6 +200,11 @@ def decode_activation(vdt: int, data: np.ndarray, n: int) -> tuple[np.ndarray, n
         d = b[:, 0:4].copy().view("<f4").astype(np.float64)
         q = b[:, 4:260].copy().view(np.int8).astype(np.float64)
         return (d * q).reshape(n), None
+    if vdt == Q16:
+        b = data.reshape(-1, 68)
+        d = b[:, 0:4].copy().view("<f4").astype(np.float64)
+        q = b[:, 4:].copy().view("<i2").astype(np.float64)
+        return (d * q).reshape(n), None
     raise AssertionError(vdt)
 
 
@@ -205,9 +221,9 @@ def np_roundf(v: np.ndarray) -> np.ndarray:
 def test_traits_cover_exactly_the_expected_types():
     bs = ffi.new("int64_t *")
     ts = ffi.new("size_t *")
-    known = {t for t in range(-4, 64) if lib.lb_type_info(t, bs, ts) == 0}
+    known = {t for t in range(-4, 300) if lib.lb_type_info(t, bs, ts) == 0}
     assert known == {int(t) for t in EXPECTED_SIZES}
-    supported = {t for t in range(-4, 64) if lib.lb_type_is_supported(t)}
+    supported = {t for t in range(-4, 300) if lib.lb_type_is_supported(t)}
     assert supported == {int(t) for t in WEIGHT_TYPES}
 
 
@@ -368,9 +384,21 @@ def _ref_q8_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("t", [T.Q8_1, T.Q8_K], ids=["Q8_1", "Q8_K"])
+def _ref_q16(x: np.ndarray) -> np.ndarray:
+    """Lowbit's Q16 in numpy: d = max|x| / 32767 in float32 (0 below 1e-30), quants
+    roundf(x * (1 / d))."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    amax = np.abs(b).max(axis=1, keepdims=True)
+    d = np.where(amax >= np.float32(1e-30), amax / np.float32(32767), np.float32(0)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    q = np_roundf(b * inv).astype("<i2")
+    return np.concatenate([d.astype("<f4").view(np.uint8), q.view(np.uint8)], axis=1)
+
+
+@pytest.mark.parametrize("t", [T.Q8_1, T.Q8_K, Q16], ids=["Q8_1", "Q8_K", "Q16"])
 @pytest.mark.parametrize("kind", ["normal", "wide", "zeros", "constant", "rows"])
-def test_quantize_q8_1_q8_k_match_numpy_reference(t, kind):
+def test_quantize_activation_formats_match_numpy_reference(t, kind):
     rng = np.random.default_rng([int(t), 3])
     n = 256 * 3
     x = {
@@ -383,13 +411,24 @@ def test_quantize_q8_1_q8_k_match_numpy_reference(t, kind):
             [rng.standard_normal(256) * 1e-3, np.zeros(256), rng.standard_normal(256) * 50]
         ),
     }[kind].astype(np.float32)
-    ref = _ref_q8_1 if t == T.Q8_1 else _ref_q8_k
-    per = 36 if t == T.Q8_1 else 292
+    ref, per = {T.Q8_1: (_ref_q8_1, 36), T.Q8_K: (_ref_q8_k, 292), Q16: (_ref_q16, 68)}[t]
     got = quantize(t, x).reshape(-1, per)
-    assert_bits_equal(got, ref(x), 1, f"{t.name} bytes ({kind})")
+    assert_bits_equal(got, ref(x), 1, f"{type_name(t)} bytes ({kind})")
     # the decoder agrees with the numpy decoding of the same bytes
     decoded, _ = decode_activation(t, got, n)
-    assert_bits_equal(dequantize(t, got, n), decoded.astype(np.float32), 256, f"{t.name} decode")
+    assert_bits_equal(dequantize(t, got, n), decoded.astype(np.float32), 256, f"{type_name(t)} decode")
+
+
+def test_quantize_q16_tiny_blocks():
+    # blocks on either side of the 1e-30 cut, subnormals among them: below it a block
+    # encodes as zeros (1/d could overflow), above it as usual
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(32 * 40) * np.repeat(10.0 ** rng.uniform(-44, -25, 40), 32)).astype(np.float32)
+    got = quantize(Q16, x).reshape(-1, 68)
+    assert_bits_equal(got, _ref_q16(x), 1, "Q16 bytes (tiny)")
+    amax = np.abs(x).reshape(-1, 32).max(axis=1)
+    assert ((got[:, 4:] == 0).all(axis=1) == (amax < np.float32(1e-30))).all()
+    assert (amax < 1e-30).any() and (amax >= 1e-30).any()
 
 
 def test_quantize_q8_k_huge_magnitude():
@@ -400,7 +439,7 @@ def test_quantize_q8_k_huge_magnitude():
     np.testing.assert_allclose(back, x, rtol=1e-6)
 
 
-@pytest.mark.parametrize("t", [T.Q8_0, T.Q8_1, T.Q8_K], ids=["Q8_0", "Q8_1", "Q8_K"])
+@pytest.mark.parametrize("t", [T.Q8_0, T.Q8_1, T.Q8_K, Q16], ids=["Q8_0", "Q8_1", "Q8_K", "Q16"])
 def test_quantize_refuses_what_q8_cannot_hold(t):
     n = type_info(t)[0] * 2
     for bad in (np.nan, np.inf, -np.inf):
@@ -408,7 +447,12 @@ def test_quantize_refuses_what_q8_cannot_hold(t):
         x[n - 1] = bad
         with pytest.raises(InvalidArgumentError, match="not finite"):
             quantize(t, x)
-    if t != T.Q8_K:
+    if t in (T.Q8_K, Q16):  # float32 scales: any finite value is held
+        x = np.ones(n, np.float32)
+        x[40] = 3e38
+        back = dequantize(t, quantize(t, x), n)
+        assert back[40] == pytest.approx(3e38, rel=1e-6)
+    else:
         # the fp16 scale max|x|/127 would be inf (gguf-py writes that inf; Lowbit refuses)
         x = np.ones(n, np.float32)
         x[40] = 1e7
@@ -437,8 +481,9 @@ def test_round_trip_error(t):
         T.F32: 0.0,
         T.F16: 2.0**-11 * float(np.sqrt(np.mean(x.astype(np.float64) ** 2))),
         T.BF16: 2.0**-8 * float(np.sqrt(np.mean(x.astype(np.float64) ** 2))),
+        Q16: float(np.abs(x).max()) / 32767 / np.sqrt(12) * 1.2,
     }.get(t, float(np.abs(x).max()) / 127 / np.sqrt(12) * 1.2)
-    assert rmse <= limit, f"{t.name}: rmse {rmse:.3g} > {limit:.3g}"
+    assert rmse <= limit, f"{type_name(t)}: rmse {rmse:.3g} > {limit:.3g}"
 
 
 # ---- vec_dot --------------------------------------------------------------------------
@@ -530,19 +575,23 @@ def test_vec_dot_against_float64(t, kind):
 
     # (a) against the exact float64 dot product with the unencoded x. Each
     # activation element is off by at most half a quant step, d/2 with
-    # d = max|x of its block|/127, plus |q| <= 127 times the fp16 rounding of d
-    # (q8_0/q8_1: relative 2^-11, or 2^-25 absolute if d is subnormal; q8_K
-    # keeps d in float32: relative ~1e-7). q8_1 adds the error of its block sum:
+    # d = max|x of its block|/qmax (qmax 127, or 32767 for Q16), plus |q| <= qmax
+    # times the rounding of d (q8_0/q8_1: fp16, relative 2^-11, or 2^-25 absolute
+    # if d is subnormal; q8_K and Q16 keep d in float32: relative ~1e-7). q8_1 adds
+    # the error of its block sum:
     # |s - d16*sum(q)| <= 2^-11 * d * |sum(q)| (s rounded to fp16) + |d - d16| * |sum(q)|.
     want_a = wd @ x64
     if vdt == T.F32:
         tol_a = TIGHT_RTOL * mag
     else:
         qk = 256 if vdt == T.Q8_K else 32
-        d_f = np.abs(x64).reshape(-1, qk).max(axis=1) / 127
-        d_err = np.full_like(d_f, 1e-6) * d_f if vdt == T.Q8_K else np.maximum(FP16_EPS * d_f, 2.0**-25)
+        qmax = 32767 if vdt == Q16 else 127
+        d_f = np.abs(x64).reshape(-1, qk).max(axis=1) / qmax
+        fp32_d = vdt in (T.Q8_K, Q16)
+        d_err = np.full_like(d_f, 1e-6) * d_f if fp32_d else np.maximum(FP16_EPS * d_f, 2.0**-25)
         # 1e-4 of a step covers the float rounding of x * (1/d) before roundf
-        x_err = np.repeat(d_f * (0.5 + 1e-4) + 127 * d_err, qk)
+        # (Q16: 1e-2, its steps being 258 times finer against the same float rounding)
+        x_err = np.repeat(d_f * (0.5 + (1e-2 if vdt == Q16 else 1e-4)) + qmax * d_err, qk)
         tol_a = np.abs(wd) @ x_err + TIGHT_RTOL * mag
         if vdt == T.Q8_1:
             m = w_min.reshape(rows, -1, 32)[:, :, 0]
@@ -570,14 +619,19 @@ def test_vec_dot_rows_are_independent(t):
 
 
 def test_vec_dot_refuses_unencodable_activations():
-    w = _weights(np.random.default_rng(1), T.Q8_0, 1, 64)
+    rng = np.random.default_rng(1)
+    w4, w8 = _weights(rng, T.Q4_0, 1, 64), _weights(rng, T.Q8_0, 1, 64)
     x = np.ones(64, np.float32)
     x[5] = 1e8
     with pytest.raises(InvalidArgumentError, match="fp16 scale"):
-        vec_dot(T.Q8_0, w, 1, x)
+        vec_dot(T.Q4_0, w4, 1, x)
+    # Q8_0 weights meet Q16 activations, whose float32 scale holds 1e8
+    want = gguf_dequantize(T.Q8_0, w8).astype(np.float64) @ x.astype(np.float64)
+    assert vec_dot(T.Q8_0, w8, 1, x)[0] == pytest.approx(want, rel=1e-4)
     x[5] = np.nan
-    with pytest.raises(InvalidArgumentError, match="not finite"):
-        vec_dot(T.Q8_0, w, 1, x)
+    for t, w in ((T.Q4_0, w4), (T.Q8_0, w8)):
+        with pytest.raises(InvalidArgumentError, match="not finite"):
+            vec_dot(t, w, 1, x)
 
 
 # ---- bad input ------------------------------------------------------------------------

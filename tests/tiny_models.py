@@ -114,6 +114,7 @@ class TinyModel:
     rope_theta: float
     tied: bool
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # GGUF names -> float32 values
+    types: dict[str, str] = field(default_factory=dict)  # matrix names -> stored type name
     rope_freqs: np.ndarray | None = None
     hf_inv_freq: np.ndarray | None = None  # the llama3-scaled inverse frequencies, HF's way
 
@@ -147,8 +148,13 @@ def make_tiny_model(
     with_vocab: bool = True,
     with_template: bool = True,
     drop_keys: tuple[str, ...] = (),
+    role_types: dict[str, QT] | None = None,
 ) -> TinyModel:
-    """Write a small random model. Width 256 by default, so every block type fits."""
+    """Write a small random model. Width 256 by default, so every block type fits.
+
+    role_types: a type per layer matrix role ("attn_v", "ffn_up"...) instead of
+    weight_type, for files that mix types as quantization presets do.
+    """
     rng = np.random.default_rng(seed)
     n_ff = 512
     head_dim = n_embd // n_head
@@ -187,8 +193,11 @@ def make_tiny_model(
         w.add_chat_template(CHATML)
 
     def put(name: str, qtype: QT, shape: tuple[int, int], std: float = 0.05) -> None:
+        role = name.split(".")[-2]
+        qtype = (role_types or {}).get(role, qtype)
         stored, values = random_tensor(qtype, shape, rng, std)
         tm.weights[name] = values
+        tm.types[name] = qtype.name
         if qtype in (QT.F32, QT.F16):
             w.add_tensor(name, stored)
         else:

@@ -13,7 +13,8 @@ about its numerics, so tight tolerances can be used:
   through Q8_0 blocks of 32, each head on its own, in GGUF's element order
   (the Q8_0 KV cache);
 - ``act_quant``: a weight's input is rounded the way Lowbit encodes activations
-  for integer dot products (Q8_0/Q8_1 blocks of 32, Q8_K blocks of 256).
+  for integer dot products (Q8_0/Q8_1 blocks of 32, Q8_K blocks of 256, and
+  for Q8_0 weights Q16: 16-bit quants in blocks of 32).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 ACT_FORMAT = {  # weight type name -> activation format Lowbit uses with it
-    "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "IQ4_NL": "Q8_0",
+    "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q16", "IQ4_NL": "Q8_0",
     "Q4_1": "Q8_1", "Q5_1": "Q8_1",
     "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K",
     "F32": None, "F16": None, "BF16": None,
@@ -50,6 +51,13 @@ def fake_quant(x: torch.Tensor, fmt: str | None) -> torch.Tensor:
         q = _round_half_away(b * inv)
         d16 = d.to(torch.float16).to(torch.float32)
         return (q.to(torch.float64) * d16.to(torch.float64)).reshape(shape)
+    if fmt == "Q16":
+        b = x32.reshape(-1, 32)
+        amax = b.abs().amax(dim=1, keepdim=True)
+        d = torch.where(amax >= 1e-30, amax / 32767, torch.zeros_like(amax))
+        inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+        q = _round_half_away(b * inv)
+        return (q.to(torch.float64) * d.to(torch.float64)).reshape(shape)
     if fmt == "Q8_K":
         b = x32.reshape(-1, 256)
         idx = b.abs().argmax(dim=1, keepdim=True)

@@ -9,10 +9,12 @@ and decoded with the type the preset gives it, and its relative output noise
 
 is measured, as the size-budget planner does (``mixture.relative_error``). The
 noises of all matrices are summed into the preset's total noise ``S`` and
-mapped to a KL divergence by ``KLD = floor + a * S**b``, fitted by least
+mapped to a KL divergence by ``KLD = floor * r + a * S**b``, fitted by least
 squares in log space against KLDs measured with the evaluator. The floor is what
 the engine's own 8-bit rounding of activations costs even when the weights are
-exact; the power law is the weights' share. Every output
+exact, and r the share of the weights that meet 8-bit activations (the engine
+gives Q8_0 weights 16-bit ones, and float weights float ones, so a Q8_0 preset
+pays almost no floor); the power law is the weights' share. Every output
 that carries the number calls it an estimate: it ranks the presets and gives
 the order of magnitude, while the measurement in the report is the truth.
 
@@ -34,10 +36,14 @@ import numpy as np
 from .convert import SourceModel
 from .quantize import QUANT_PRESETS, is_matrix, plan_preset
 
-# KLD = FIT_FLOOR + FIT_A * S ** FIT_B (see the module docstring).
+# KLD = FIT_FLOOR * r + FIT_A * S ** FIT_B (see the module docstring).
 FIT_FLOOR = 0.0025
 FIT_A = 0.158
 FIT_B = 0.858
+
+# Weight types whose inputs the engine does not round to 8 bits: float weights take
+# float activations, Q8_0 16-bit ones (the library's traits table, vec_dot_type).
+_WIDE_ACTIVATION_TYPES = frozenset({"F32", "F16", "BF16", "Q8_0"})
 
 ProgressFn = Callable[[str, float, float | None, str], None]
 
@@ -50,6 +56,7 @@ class PresetEstimate:
     data_bytes: int
     bpw: float
     noise: float  # S: the summed relative output noise of all matrices
+    act8_share: float  # r: the share of matrix weights whose inputs are rounded to 8 bits
     kld_estimate: float  # predicted mean KLD against full precision: an estimate, not a measurement
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,18 +70,48 @@ class PresetEstimate:
         }
 
 
-def kld_from_noise(noise: float, *, floor: float = FIT_FLOOR, a: float = FIT_A, b: float = FIT_B) -> float:
-    """The fitted map from summed weight noise to mean KLD."""
-    return floor + (a * noise**b if noise > 0 else 0.0)
+def kld_from_noise(
+    noise: float,
+    act8_share: float = 1.0,
+    *,
+    floor: float = FIT_FLOOR,
+    a: float = FIT_A,
+    b: float = FIT_B,
+) -> float:
+    """The fitted map from summed weight noise (and the 8-bit activation share) to mean KLD."""
+    return floor * act8_share + (a * noise**b if noise > 0 else 0.0)
+
+
+def act8_share(types: dict[str, Any], source: SourceModel) -> float:
+    """The share of the matrices' weights whose inputs the engine rounds to 8 bits.
+
+    Args:
+        types: A plan's type (a GGML type with a ``name``) per matrix name.
+        source: The model, for the matrices' sizes.
+    """
+    total = eight = 0
+    for name, qtype in types.items():
+        if name not in source.tensors or not is_matrix(source.tensors[name]):
+            continue
+        n = int(np.prod(source.tensors[name].shape))
+        total += n
+        eight += n if qtype.name not in _WIDE_ACTIVATION_TYPES else 0
+    return eight / total if total else 0.0
 
 
 def fit_noise_model(
-    noise: Sequence[float], kld: Sequence[float], *, steps: int = 400
+    noise: Sequence[float], kld: Sequence[float], share: Sequence[float] | None = None, *, steps: int = 400
 ) -> tuple[float, float, float]:
-    """Fit ``kld = floor + a * noise**b``: least squares in log space.
+    """Fit ``kld = floor * share + a * noise**b``: least squares in log space.
 
-    For each floor on a grid below the smallest KLD, ``log(kld - floor)`` is fitted
-    linearly in ``log noise``; the floor whose fit has the least log error wins.
+    For each floor on a grid that keeps every ``kld - floor * share`` positive,
+    ``log(kld - floor * share)`` is fitted linearly in ``log noise``; the floor whose
+    fit has the least log error wins.
+
+    Args:
+        noise: Each preset's summed weight noise S.
+        kld: Each preset's measured mean KLD.
+        share: Each preset's 8-bit activation share r; None: 1 for all.
 
     Returns:
         (floor, a, b).
@@ -84,14 +121,16 @@ def fit_noise_model(
     """
     s = np.asarray(noise, dtype=np.float64)
     k = np.asarray(kld, dtype=np.float64)
+    r = np.ones_like(s) if share is None else np.asarray(share, dtype=np.float64)
     ok = (s > 0) & (k > 0)
-    s, k = s[ok], k[ok]
+    s, k, r = s[ok], k[ok], r[ok]
     if len(s) < 3:
         raise ValueError("a fit needs at least three presets with positive noise and KLD")
+    top = float(np.min(k[r > 0] / r[r > 0])) if (r > 0).any() else 0.0
     best: tuple[float, float, float, float] | None = None
-    for floor in np.linspace(0.0, k.min(), steps, endpoint=False):
-        b, log_a = np.polyfit(np.log(s), np.log(k - floor), 1)
-        pred = floor + np.exp(log_a) * s**b
+    for floor in np.linspace(0.0, top, steps, endpoint=False):
+        b, log_a = np.polyfit(np.log(s), np.log(k - floor * r), 1)
+        pred = floor * r + np.exp(log_a) * s**b
         err = float(np.mean((np.log(pred) - np.log(k)) ** 2))
         if best is None or err < best[0]:
             best = (err, float(floor), float(np.exp(log_a)), float(b))
@@ -144,10 +183,13 @@ def estimate_presets(
         cancel=cancel,
     )
     noise = {p: sum(sens[n][plan.types[n]] for n in names) for p, plan in plans.items()}
+    share = {p: act8_share(plan.types, source) for p, plan in plans.items()}
     if progress is not None:
         progress("estimate", len(names), len(names), "")
     return [
-        PresetEstimate(p, plans[p].data_bytes, plans[p].bpw, noise[p], kld_from_noise(noise[p]))
+        PresetEstimate(
+            p, plans[p].data_bytes, plans[p].bpw, noise[p], share[p], kld_from_noise(noise[p], share[p])
+        )
         for p in presets
     ]
 

@@ -57,12 +57,16 @@ FITS_BELOW = 0.8  # of the available memory
 
 # Queries per attention task in the library (LB_ATT_TILE): one score row each.
 _ATT_TILE = 16
+# Encoded-activation buffers in the library (LB_ACT_SLOTS).
+_ACT_SLOTS = 2
 
-# GGML type ids of the activation encodings the kernels pair with each weight type
-# (the traits table's vec_dot_type): bytes per block and values per block.
+# The activation encodings the kernels pair with each weight type (the traits
+# table's vec_dot_type), by GGML type id of the weight: bytes per block and values
+# per block.
 _ACT_ENCODING: dict[int, tuple[int, int]] = {
     0: (4, 1), 1: (4, 1), 30: (4, 1),  # F32, F16, BF16 -> F32
-    2: (34, 32), 6: (34, 32), 8: (34, 32), 20: (34, 32),  # Q4_0, Q5_0, Q8_0, IQ4_NL -> Q8_0
+    2: (34, 32), 6: (34, 32), 20: (34, 32),  # Q4_0, Q5_0, IQ4_NL -> Q8_0
+    8: (68, 32),  # Q8_0 -> Q16 (Lowbit's 16-bit activations)
     3: (36, 32), 7: (36, 32),  # Q4_1, Q5_1 -> Q8_1
     10: (292, 256), 11: (292, 256), 12: (292, 256), 13: (292, 256), 14: (292, 256),  # K-quants -> Q8_K
 }  # fmt: skip
@@ -157,18 +161,6 @@ def scratch_bytes(
     gf: GGUFFile, hp: Any, *, n_ctx: int, n_batch: int = 256, n_threads: int, cache_type: str = "f16"
 ) -> int:
     """The C library's activation buffers, as ``lb_model_ready`` allocates them."""
-    nb = min(n_batch, n_ctx)
-    q_dim = hp.n_head * hp.head_dim
-    kv_dim = hp.n_head_kv * hp.head_dim
-    floats = nb * (
-        hp.n_embd  # x
-        + max(hp.n_embd, q_dim)  # xn
-        + q_dim  # q
-        + 2 * kv_dim  # k, v
-        + hp.n_embd  # tmp
-        + 2 * hp.n_ff  # gate, up
-        + hp.rope_dim  # rope cos/sin
-    )
     act = 0  # the largest encoded activation row over the matrices
     matrices = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
     names = {t.name for t in _used_tensors(gf)}
@@ -177,20 +169,39 @@ def scratch_bytes(
         if t.name == out_name or any(f".{m}.weight" in t.name for m in matrices):
             block, values = _ACT_ENCODING.get(t.type_id, (4, 1))
             act = max(act, math.ceil(t.shape[0] / values) * block)
+    return _buffer_bytes(
+        hp, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, act_row=act, cache_type=cache_type
+    )
+
+
+def _buffer_bytes(
+    shape: Any, *, n_ctx: int, n_batch: int, n_threads: int, act_row: int, cache_type: str
+) -> int:
+    """lb_model_ready's buffers for a shape (n_embd, n_head, n_head_kv, head_dim, n_ff,
+    rope_dim) whose widest encoded activation row takes act_row bytes."""
+    nb = min(n_batch, n_ctx)
+    q_dim = shape.n_head * shape.head_dim
+    kv_dim = shape.n_head_kv * shape.head_dim
+    floats = nb * (
+        shape.n_embd  # x
+        + max(shape.n_embd, q_dim)  # xn
+        + q_dim  # q
+        + 2 * kv_dim  # k, v
+        + shape.n_embd  # tmp
+        + 2 * shape.n_ff  # gate, up
+        + shape.rope_dim  # rope cos/sin
+    )
     att = n_threads * _ATT_TILE * n_ctx  # score rows: each attention task's queries
-    inv_freq = (hp.rope_dim // 2) * 8
+    inv_freq = (shape.rope_dim // 2) * 8
     query = 0  # a Q8_0 cache: each thread's query head encoded to Q8_0
     if cache_type.lower() == "q8_0":
         block, values = KV_CACHE_TYPES["q8_0"]
-        query = n_threads * math.ceil(hp.head_dim / values) * block
-    info = _act_info_bytes(nb, hp.n_embd, q_dim, hp.n_ff)
-    return 4 * (floats + att) + inv_freq + nb * act + query + info
-
-
-def _act_info_bytes(nb: int, n_embd: int, q_dim: int, n_ff: int) -> int:
-    """The scales and quant sum (12 bytes) of each Q8_0- or Q8_1-encoded activation block,
-    for the repacked weights' kernels."""
-    return 12 * nb * (max(n_embd, q_dim, n_ff) // 32 + 1)
+        query = n_threads * math.ceil(shape.head_dim / values) * block
+    # the scales and quant sum (12 bytes) of each Q8_0- or Q8_1-encoded activation
+    # block, for the repacked weights' kernels
+    info = 12 * nb * (max(shape.n_embd, q_dim, shape.n_ff) // 32 + 1)
+    # two slots of encoded activations (matrices that read one input in two formats)
+    return 4 * (floats + att) + inv_freq + _ACT_SLOTS * (nb * act_row + info) + query
 
 
 def runtime_overhead_bytes(gf: GGUFFile) -> int:
@@ -587,26 +598,16 @@ def estimate_memory_from_shape(
     kv_bytes_per_value(cache_type)
     if n_ctx < 1:
         raise ValueError("the context length must be at least 1")
-    threads = n_threads or default_threads()
-    nb = min(n_batch, n_ctx)
-    q_dim = shape.n_head * shape.head_dim
-    kv_dim = shape.n_head_kv * shape.head_dim
-    floats = nb * (
-        shape.n_embd
-        + max(shape.n_embd, q_dim)
-        + q_dim
-        + 2 * kv_dim
-        + shape.n_embd
-        + 2 * shape.n_ff
-        + shape.rope_dim
-    )
     block, values = act_encoding
-    act = math.ceil(max(shape.n_embd, q_dim, shape.n_ff) / values) * block
-    scratch = 4 * (floats + threads * _ATT_TILE * n_ctx) + (shape.rope_dim // 2) * 8 + nb * act
-    scratch += _act_info_bytes(nb, shape.n_embd, q_dim, shape.n_ff)
-    if cache_type.lower() == "q8_0":  # each thread's query head encoded to Q8_0, as scratch_bytes counts
-        qblock, qvalues = KV_CACHE_TYPES["q8_0"]
-        scratch += threads * math.ceil(shape.head_dim / qvalues) * qblock
+    act = math.ceil(max(shape.n_embd, shape.n_head * shape.head_dim, shape.n_ff) / values) * block
+    scratch = _buffer_bytes(
+        shape,
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_threads=n_threads or default_threads(),
+        act_row=act,
+        cache_type=cache_type,
+    )
     return MemoryEstimate(
         weights_bytes=int(weights_bytes),
         kv_bytes=kv_cache_bytes(shape, n_ctx, cache_type),

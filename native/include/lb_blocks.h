@@ -78,6 +78,16 @@ typedef struct {
 } lb_block_q8_1;
 _Static_assert(sizeof(lb_block_q8_1) == 2 * 2 + LB_QK8_1, "wrong q8_1 block size");
 
+/* 17 bits per value; activations only (Lowbit's own, what Q8_0 weights are
+ * multiplied with). x[i] ~ d * qs[i], |qs[i]| <= 32767. An int16 times an
+ * int8 quant, summed over a block, stays far inside int32. */
+#define LB_QK16 32
+typedef struct {
+    float d;                    /* fp32 scale: an fp16 one would cost more than the 16 bits gain */
+    int16_t qs[LB_QK16];        /* quants */
+} lb_block_q16;
+_Static_assert(sizeof(lb_block_q16) == 4 + 2 * LB_QK16, "wrong q16 block size");
+
 /* 4.5 bits per weight. w[i] = d * lb_kvalues_iq4nl[q[i]]: a 4-bit index into a
  * fixed non-linear table (denser near zero). */
 typedef struct {

@@ -38,7 +38,10 @@ typedef enum lb_status {
     LB_ERR_INTERNAL = 6
 } lb_status;
 
-/* Tensor types. Values are GGML's type ids. */
+/* Tensor types. Values are GGML's type ids, but for Q16: the 16-bit
+ * activation format that Q8_0 weights are multiplied with, so that an 8-bit
+ * weight does not meet an 8-bit rounding of its input as well (its blocks are
+ * in lb_blocks.h; no file ever stores it). */
 enum lb_type {
     LB_TYPE_F32 = 0,
     LB_TYPE_F16 = 1,
@@ -55,7 +58,8 @@ enum lb_type {
     LB_TYPE_Q6_K = 14,
     LB_TYPE_Q8_K = 15,  /* activations only */
     LB_TYPE_IQ4_NL = 20,
-    LB_TYPE_BF16 = 30
+    LB_TYPE_BF16 = 30,
+    LB_TYPE_Q16 = 64    /* activations only; Lowbit's own, clear of GGML's ids */
 };
 
 /* Message of the last failed call made by this thread ("" if none). */
@@ -85,8 +89,9 @@ lb_status lb_dequantize(int32_t type, const void *src, size_t src_size,
  * NaN); Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 write the same bytes as gguf-py's
  * quantize() (GGML's reference encoders); Q2_K..Q6_K and IQ4_NL search the
  * block scales for the least squared error; Q8_1 and Q8_K are the activation
- * formats of lb_vec_dot. The quantized types refuse non-finite values and
- * blocks whose fp16 scale would overflow. */
+ * formats of lb_vec_dot, and so is Q16 (roundf of x * 32767 / max|x| per
+ * block of 32, with a float32 scale). The quantized types refuse non-finite
+ * values and blocks whose fp16 scale would overflow. */
 lb_status lb_quantize(int32_t type, const float *src, int64_t n,
                       void *dst, size_t dst_size);
 
@@ -109,8 +114,10 @@ lb_status lb_quantize_rows(int32_t type, const float *src, int64_t nrows, int64_
 
 /* Dot products of `rows` weight rows (w, w_size bytes, each n elements of
  * `type`) with the float32 vector x (n elements), the way the forward pass
- * does them: x is first encoded to the type's activation format (Q8_0, Q8_1,
- * Q8_K or F32) and the dot products are then taken on the encoded values.
+ * does them: x is first encoded to the type's activation format (Q16 for
+ * Q8_0; Q8_1 for Q4_1 and Q5_1; Q8_K for the K-quants; F32 for the float
+ * types; Q8_0 for the others) and the dot products are then taken on the
+ * encoded values.
  * Writes `rows` floats to out. */
 lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w,
                      size_t w_size, const float *x, float *out);
@@ -134,8 +141,9 @@ lb_status lb_swiglu(int64_t n, float *g, const float *u);
  * path the CPU and operating system support; the environment variable
  * LOWBIT_ISA (one of the names, or "auto") asks for another, and a path the
  * CPU lacks then falls back to the best one, with a warning on stderr. The
- * paths agree up to float rounding in the order of summation; the Q8
- * activation encodings are the same bytes on every path. */
+ * paths agree up to float rounding in the order of summation; the
+ * activation encodings (Q8_0, Q8_1, Q8_K, Q16) are the same bytes on every
+ * path. */
 const char *lb_isa(void);
 
 /* Switch to the named path ("auto" or NULL: the best available). An unknown

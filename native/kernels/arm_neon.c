@@ -114,15 +114,42 @@ static void lb_neon_q5_1(int64_t n, float *s, const void *w, const void *a) {
     *s = lb_fold4(acc);
 }
 
+/* Q8_0 weights against Q16 activations: the quants widened to int16, then
+ * int16 multiply-longs (each lane sums 8 products, far inside int32). */
 static void lb_neon_q8_0(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_q8_0 *x = w;
-    const lb_block_q8_0 *y = a;
+    const lb_block_q16 *y = a;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < n / LB_QK8_0; b++) {
-        const int32_t isum = lb_dot32_s8(vld1q_s8(x[b].qs), vld1q_s8(x[b].qs + 16), y[b].qs);
-        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        int32x4_t p = vdupq_n_s32(0);
+        for (int i = 0; i < LB_QK8_0; i += 16) {
+            const int8x16_t q = vld1q_s8(x[b].qs + i);
+            const int16x8_t lo = vmovl_s8(vget_low_s8(q)), hi = vmovl_high_s8(q);
+            const int16x8_t y0 = vld1q_s16(y[b].qs + i), y1 = vld1q_s16(y[b].qs + i + 8);
+            p = vmlal_s16(p, vget_low_s16(lo), vget_low_s16(y0));
+            p = vmlal_high_s16(p, lo, y0);
+            p = vmlal_s16(p, vget_low_s16(hi), vget_low_s16(y1));
+            p = vmlal_high_s16(p, hi, y1);
+        }
+        acc[b & 3] += (float)vaddvq_s32(p) * (lb_fp16_to_fp32(x[b].d) * y[b].d);
     }
     *s = lb_fold4(acc);
+}
+
+/* A Q8_0 KV cache's scores: lb_vec_dot_q8_0_q8_0 of the encoded query with
+ * each key, through SDOT. */
+static void lb_neon_attn_scores_q8_0(int64_t n, int64_t n_keys, const void *q, const void *k, size_t k_stride,
+                                     float *s) {
+    const lb_block_q8_0 *y = q;
+    for (int64_t p = 0; p < n_keys; p++) {
+        const lb_block_q8_0 *x = (const lb_block_q8_0 *)((const uint8_t *)k + (size_t)p * k_stride);
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t b = 0; b < n / LB_QK8_0; b++) {
+            const int32_t isum = lb_dot32_s8(vld1q_s8(x[b].qs), vld1q_s8(x[b].qs + 16), y[b].qs);
+            acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * lb_fp16_to_fp32(y[b].d));
+        }
+        s[p] = lb_fold4(acc);
+    }
 }
 
 static void lb_neon_iq4_nl(int64_t n, float *s, const void *w, const void *a) {
@@ -449,6 +476,7 @@ const lb_kernels lb_kernels_neon = {
                    [LB_TYPE_Q8_K] = lb_neon_quantize_q8_K},
     .attn_dot = lb_neon_attn_dot,
     .attn_axpy = lb_neon_attn_axpy,
+    .attn_scores_q8_0 = lb_neon_attn_scores_q8_0,
 };
 
 #if defined(__clang__)

@@ -154,6 +154,23 @@ void lb_vec_dot_q8_0_q8_0(int64_t n, float *s, const void *w, const void *a) {
     *s = lb_fold4(acc);
 }
 
+/* Q8_0 weights against 16-bit activations: |isum| <= 32 * 127 * 32767, inside
+ * int32; (float)isum rounds to nearest even, as every path's conversion does. */
+void lb_vec_dot_q8_0_q16(int64_t n, float *s, const void *w, const void *a) {
+    const lb_block_q8_0 *x = w;
+    const lb_block_q16 *y = a;
+    const int64_t nb = n / LB_QK8_0;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t isum = 0;
+        for (int j = 0; j < LB_QK8_0; j++) {
+            isum += x[b].qs[j] * y[b].qs[j];
+        }
+        acc[b & 3] += (float)isum * (lb_fp16_to_fp32(x[b].d) * y[b].d);
+    }
+    *s = lb_fold4(acc);
+}
+
 void lb_vec_dot_iq4_nl_q8_0(int64_t n, float *s, const void *w, const void *a) {
     const lb_block_iq4_nl *x = w;
     const lb_block_q8_0 *y = a;

@@ -49,6 +49,8 @@ void lb_vec_dot_q4_0_q8_0(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q4_1_q8_1(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q5_0_q8_0(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q5_1_q8_1(int64_t n, float *s, const void *w, const void *a);
+void lb_vec_dot_q8_0_q16(int64_t n, float *s, const void *w, const void *a);
+/* Not a weight's kernel: the Q8_0 KV cache's keys against a Q8_0-encoded query. */
 void lb_vec_dot_q8_0_q8_0(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_iq4_nl_q8_0(int64_t n, float *s, const void *w, const void *a);
 void lb_vec_dot_q2_K_q8_K(int64_t n, float *s, const void *w, const void *a);
@@ -66,9 +68,11 @@ void lb_vec_dot_q6_K_q8_K(int64_t n, float *s, const void *w, const void *a);
  * holds four consecutive quant bytes of each of the 8 rows: one int8
  * dot-product instruction against four activation bytes broadcast to every
  * lane advances all 8 rows, and each row's sum ends in its own lane with no
- * horizontal reduction. Q8_0 quants are stored plus 128, as unsigned bytes,
- * so that they can be the unsigned operand of that instruction. The layout
- * is the same for every path; the bytes per row are unchanged. */
+ * horizontal reduction. Q8_0, whose activations are 16-bit (Q16), takes its
+ * quants two at a time instead (byte 2k + i of row r is qs[16k + 2r + i]):
+ * 16 bytes widened to int16 then hold two quants of each row, for an int16
+ * pair product against two activation values. The layout is the same for
+ * every path; the bytes per row are unchanged. */
 #define LB_PACK_ROWS 8
 typedef struct {
     uint16_t d[LB_PACK_ROWS];
@@ -86,7 +90,7 @@ typedef struct {
 } lb_block_x8_q5;
 typedef struct {
     uint16_t d[LB_PACK_ROWS];
-    uint8_t qs[LB_PACK_ROWS * 32]; /* Q8_0: the source's quants + 128 */
+    int8_t qs[LB_PACK_ROWS * 32];  /* Q8_0: the source's quants, two of a row at a time */
 } lb_block_x8_q8;
 
 /* A Q8_0 or Q8_1 activation block's scale (and Q8_1's s) as floats and the
@@ -125,8 +129,9 @@ static inline void lb_q8_block_info(int32_t vt, const void *row, int64_t nb, lb_
 /* s[c * ld_s + r] = the reference vec_dot of row r (0..8 * n_groups - 1) of
  * n_groups consecutive packed groups (the first at w) with activation row c
  * (0..nc-1, nc <= LB_MULTI_MAX, at a + c * a_stride, in the type's
- * vec_dot_type: Q8_1 for Q4_1, else Q8_0), bit for bit;
- * yi[c * yi_stride + b] describes activation block b of row c. */
+ * vec_dot_type: Q8_1 for Q4_1, Q16 for Q8_0, else Q8_0), bit for bit;
+ * yi[c * yi_stride + b] describes activation block b of row c (Q8_0 and Q8_1
+ * activations only; the Q8_0 kernels do not read it). */
 typedef void (*lb_gemm_x8_fn)(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
                               size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, int nc);
 void lb_gemm_x8_q4_0_ref(int64_t n, int64_t n_groups, float *s, int64_t ld_s, const void *w, const void *a,
@@ -153,7 +158,7 @@ void lb_unpack_x8_row(int32_t type, const void *packed, int64_t n, int64_t row, 
 /* ---- run-time dispatch (dispatch.c) --------------------------------------- */
 
 /* Slots in the per-type tables: every type id of the traits table. */
-#define LB_TYPE_SLOTS (LB_TYPE_BF16 + 1)
+#define LB_TYPE_SLOTS (LB_TYPE_Q16 + 1)
 
 /* Most activation rows one lb_vec_dot_multi_fn call takes. */
 #define LB_MULTI_MAX 4
@@ -226,15 +231,15 @@ typedef struct lb_kernels {
     const char *name;                          /* "scalar", "avx2", "avx512", "neon" */
     lb_vec_dot_fn vec_dot[LB_TYPE_SLOTS];      /* by weight type */
     lb_vec_dot_multi_fn vec_dot_multi[LB_TYPE_SLOTS];
-    lb_from_float_fn from_float[LB_TYPE_SLOTS]; /* activation encoders (Q8_0, Q8_1, Q8_K), byte for byte
-                                                   the reference ones */
+    lb_from_float_fn from_float[LB_TYPE_SLOTS]; /* activation encoders (Q8_0, Q8_1, Q8_K, Q16), byte for
+                                                   byte the reference ones */
     lb_attn_dot_fn attn_dot;                   /* NULL: the reference */
     lb_attn_axpy_fn attn_axpy;
     lb_attn_scores_f16_fn attn_scores_f16;    /* NULL: attn_dot key by key */
     lb_attn_wsum_f16_fn attn_wsum_f16;        /* NULL: attn_axpy key by key */
     lb_softmax_fn softmax;                    /* NULL: the reference */
     lb_swiglu_fn swiglu;                      /* NULL: the reference */
-    lb_attn_scores_q8_0_fn attn_scores_q8_0;  /* NULL: the path's Q8_0 vec_dot, key by key */
+    lb_attn_scores_q8_0_fn attn_scores_q8_0;  /* NULL: lb_vec_dot_q8_0_q8_0, key by key */
     lb_attn_wsum_q8_0_fn attn_wsum_q8_0;      /* NULL: the reference */
     lb_gemm_x8_fn gemm_x8[LB_TYPE_SLOTS];     /* packed weights; NULL: the path does not pack that type
                                                  (lb_kernel_gemm_x8 gives the reference) */

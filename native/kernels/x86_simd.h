@@ -12,11 +12,12 @@
  * The quantized kernels give the scalar reference's result bit for bit: the
  * integer sum of each block (or super-block) is exact as there (no int16
  * saturation is reachable: the largest pair of u8 x s8 products is
- * 2 * 128 * 127), and the float work after it is the reference's, operation
- * for operation and block after block. The forward pass then computes the
- * same logits on every path, which matters more than it seems: activations
- * are re-quantized to 8 bits before each matrix, so a last-bit difference
- * can move a value across a rounding boundary and grow from layer to layer.
+ * 2 * 128 * 127; Q8_0's int8 x int16 pairs go straight to int32), and the
+ * float work after it is the reference's, operation for operation and block
+ * after block. The forward pass then computes the same logits on every path,
+ * which matters more than it seems: activations are re-quantized (to 8 bits,
+ * 16 for Q8_0 weights) before each matrix, so a last-bit difference can move
+ * a value across a rounding boundary and grow from layer to layer.
  * That rules out fused multiply-adds in those float steps, hence
  * contraction off below. The float-weight kernels (F32, F16, BF16) have no
  * such re-quantization and sum in float with FMA, in SIMD order.
@@ -159,6 +160,14 @@ LB_INLINE __m256i lb_unpack32(const int type, const void *w, int64_t b, uint16_t
     }
 }
 
+/* 8 int32 lanes, each the sum of 4 products of the 32 int8 q (in order)
+ * with the 32 int16 at y. */
+LB_INLINE __m256i lb_mul_s8s16(__m256i q, const int16_t *y) {
+    const __m256i lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+    const __m256i hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+    return lb_madd_acc(_mm256_madd_epi16(lo, lb_loadu256(y)), hi, lb_loadu256(y + 16));
+}
+
 /* Lane i = the sum of the 8 lanes of p[i]. */
 LB_INLINE __m128i lb_reduce4(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
     const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
@@ -171,8 +180,9 @@ LB_INLINE __m128 lb_h2f_x4(const uint16_t h[4]) {
 }
 
 /* Blocks b0..b0+cnt-1 (cnt <= 4, b0 a multiple of 4) against nc activation
- * rows, with the reference's float operations per block, (float)isum * (dx *
- * dy) [+ m * s], added lane-wise to acc[c]: lane i is the reference's partial
+ * rows (Q16 for Q8_0, Q8_1 for Q4_1 and Q5_1, else Q8_0), with the
+ * reference's float operations per block, (float)isum * (dx * dy) [+ m * s],
+ * added lane-wise to acc[c]: lane i is the reference's partial
  * sum of blocks i mod 4 (lb_fold4). Missing blocks of a tail add exact zeros.
  * The scales are converted four at a time from registers (a vector load of
  * four scalar stores would stall on store forwarding). */
@@ -191,10 +201,15 @@ LB_INLINE void lb_group32(const int type, const void *w, const uint8_t *a, size_
         const uint8_t *ac = a + (size_t)c * a_stride;
         __m256i p[4];
         uint16_t hy[4] = {0, 0, 0, 0}, hs[4] = {0, 0, 0, 0};
+        float fy[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         LB_UNROLL
         for (int i = 0; i < 4; i++) {
             if (i >= cnt) {
                 p[i] = _mm256_setzero_si256();
+            } else if (type == LB_TYPE_Q8_0) {
+                const lb_block_q16 *y = (const lb_block_q16 *)ac + b0 + i;
+                p[i] = lb_mul_s8s16(q[i], y->qs);
+                fy[i] = y->d;
             } else if (q81) {
                 const lb_block_q8_1 *y = (const lb_block_q8_1 *)ac + b0 + i;
                 p[i] = lb_mul_u8s8(q[i], lb_loadu256(y->qs));
@@ -206,7 +221,8 @@ LB_INLINE void lb_group32(const int type, const void *w, const uint8_t *a, size_
                 hy[i] = y->d;
             }
         }
-        __m128 t = _mm_mul_ps(_mm_cvtepi32_ps(lb_reduce4(p[0], p[1], p[2], p[3])), _mm_mul_ps(vdx, lb_h2f_x4(hy)));
+        const __m128 dy = type == LB_TYPE_Q8_0 ? _mm_setr_ps(fy[0], fy[1], fy[2], fy[3]) : lb_h2f_x4(hy);
+        __m128 t = _mm_mul_ps(_mm_cvtepi32_ps(lb_reduce4(p[0], p[1], p[2], p[3])), _mm_mul_ps(vdx, dy));
         if (q81) {
             t = _mm_add_ps(t, _mm_mul_ps(vmx, lb_h2f_x4(hs)));
         }
@@ -918,15 +934,15 @@ static void lb_x86_attn_wsum_q8_0(int64_t n, int64_t n_keys, const float *w, con
  * operations (max |x|, d = max / 127, x * (1 / d)), and roundf's rounding
  * (to nearest, ties away from zero) done exactly in SIMD. */
 
-/* roundf(v), clamped to +-127, NaN -> 0, as lb_round_q8. */
-LB_INLINE __m256i lb_round_q8_ps(__m256 v) {
+/* roundf(v), clamped to +-limit, NaN -> 0, as lb_round_clamp. */
+LB_INLINE __m256i lb_round_clamp_ps(__m256 v, float limit) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
     const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t)); /* exact: |v - trunc(v)| */
     const __m256 away = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign));
     __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), away));
     const __m256 ordered = _mm256_cmp_ps(r, r, _CMP_ORD_Q);
-    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-limit)), _mm256_set1_ps(limit));
     return _mm256_cvtps_epi32(_mm256_and_ps(r, ordered));
 }
 
@@ -954,7 +970,7 @@ LB_INLINE float lb_absmax32(const float *x) {
 LB_INLINE void lb_quant32(const float *x, float id, __m256i q[4]) {
     const __m256 vid = _mm256_set1_ps(id);
     for (int i = 0; i < 4; i++) {
-        q[i] = lb_round_q8_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), vid));
+        q[i] = lb_round_clamp_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), vid), 127.0f);
     }
 }
 
@@ -984,6 +1000,24 @@ static void lb_x86_quantize_q8_1(const float *src, void *dst, int64_t n) {
         _mm256_storeu_si256((__m256i *)y[b].qs, lb_pack_i8(q[0], q[1], q[2], q[3]));
         y[b].d = lb_fp32_to_fp16(d);
         y[b].s = lb_fp32_to_fp16((float)sum * d);
+    }
+}
+
+static void lb_x86_quantize_q16(const float *src, void *dst, int64_t n) {
+    lb_block_q16 *y = (lb_block_q16 *)dst;
+    for (int64_t b = 0; b < n / LB_QK16; b++) {
+        const float *x = src + b * LB_QK16;
+        const float amax = lb_absmax32(x);
+        const float d = amax >= LB_Q16_TINY ? amax / 32767.0f : 0.0f;
+        const __m256 vid = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        y[b].d = d;
+        for (int i = 0; i < LB_QK16; i += 16) {
+            const __m256i q0 = lb_round_clamp_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vid), 32767.0f);
+            const __m256i q1 = lb_round_clamp_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), vid), 32767.0f);
+            /* packs works per 128-bit lane: restore the order of the 64-bit quarters */
+            const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xd8);
+            _mm256_storeu_si256((__m256i *)(y[b].qs + i), p);
+        }
     }
 }
 
@@ -1038,13 +1072,12 @@ static void lb_x86_quantize_q8_K(const float *src, void *dst, int64_t n) {
  * Lane r of every integer vector belongs to row r of the group. The weight
  * bytes are the unsigned operand where the product instruction allows it:
  * Q4_0's and Q4_1's nibbles (0..15) and Q5_0's 5-bit quants (0..31) on
- * both paths;
- * with VNNI also IQ4_NL's levels and Q8_0's quants, both stored or looked
- * up plus 128. The offset (8, 16 or 128) times the
- * activation block's quant sum then comes off the integer sum, which leaves
- * it exact. Without VNNI, maddubs would saturate its int16 pair sums on
- * bytes up to 255, so IQ4_NL and Q8_0 multiply signed bytes with the sign
- * trick instead. */
+ * both paths; with VNNI also IQ4_NL's levels, looked up plus 128. The
+ * offset (8, 16 or 128) times the activation block's quant sum then comes
+ * off the integer sum, which leaves it exact. Without VNNI, maddubs would
+ * saturate its int16 pair sums on bytes up to 255, so IQ4_NL multiplies
+ * signed bytes with the sign trick instead. Q8_0 meets 16-bit activations:
+ * its quants are widened to int16 for pair products (lb_group_x8_q8). */
 
 /* Decoding streams each weight once (a prompt's tiles reuse theirs from
  * cache, where prefetching only evicts). The groups lie one after another,
@@ -1066,7 +1099,7 @@ static void lb_x86_quantize_q8_K(const float *src, void *dst, int64_t n) {
  * quants are unsigned as they are), and whether the bytes are signed. */
 #define LB_X8_BIAS_SHIFT(type)                                                                             \
     ((type) == LB_TYPE_Q4_0 ? 3 : (type) == LB_TYPE_Q5_0 ? 4 : (type) == LB_TYPE_Q4_1 ? 0 : (LB_X86_VNNI ? 7 : 0))
-#define LB_X8_SIGNED(type) (!LB_X86_VNNI && ((type) == LB_TYPE_IQ4_NL || (type) == LB_TYPE_Q8_0))
+#define LB_X8_SIGNED(type) (!LB_X86_VNNI && (type) == LB_TYPE_IQ4_NL)
 
 /* The quants of activation block b of the type's vec_dot_type (Q8_1 for
  * Q4_1, else Q8_0). */
@@ -1128,15 +1161,6 @@ LB_INLINE void lb_nibbles_x8(const uint8_t *qs, __m256i q[8]) {
  * high ones 16..31, so k < 4 takes low nibbles and k >= 4 high ones), and
  * the 8 scales. */
 LB_INLINE __m256 lb_unpack_x8(const int type, const void *w, int64_t b, __m256i q[8], __m256 *mins) {
-    if (type == LB_TYPE_Q8_0) {
-        const lb_block_x8_q8 *x = (const lb_block_x8_q8 *)w + b;
-        LB_UNROLL
-        for (int k = 0; k < 8; k++) {
-            const __m256i v = lb_loadu256(x->qs + 32 * k);
-            q[k] = LB_X86_VNNI ? v : _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
-        }
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
-    }
     if (type == LB_TYPE_Q5_0) {
         const lb_block_x8_q5 *x = (const lb_block_x8_q5 *)w + b;
         const __m256i words = lb_loadu256(x->qh);
@@ -1210,6 +1234,46 @@ LB_INLINE void lb_group_x8(const int type, const void *w, const uint8_t *a, size
     }
 }
 
+/* lb_group_x8 for Q8_0 against Q16: 16 steps of two quants of each row,
+ * widened to int16, against two activation values broadcast to every lane;
+ * (float)isum * (dx * dy) as lb_vec_dot_q8_0_q16. */
+LB_INLINE void lb_group_x8_q8(const void *w, const uint8_t *a, size_t a_stride, int64_t b0, const int cnt,
+                              const int nc, __m256 acc[][4]) {
+    LB_UNROLL
+    for (int i = 0; i < 4; i++) {
+        if (i >= cnt) {
+            break;
+        }
+        if (nc == 1) {
+            lb_prefetch_x8(LB_TYPE_Q8_0, w, b0 + i);
+        }
+        const lb_block_x8_q8 *x = (const lb_block_x8_q8 *)w + b0 + i;
+        const lb_block_q16 *y[LB_MULTI_MAX];
+        __m256i is[LB_MULTI_MAX];
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            y[c] = (const lb_block_q16 *)(a + (size_t)c * a_stride) + b0 + i;
+            is[c] = _mm256_setzero_si256();
+        }
+        LB_UNROLL
+        for (int k = 0; k < 16; k++) {
+            const __m256i q = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x->qs + 16 * k)));
+            LB_UNROLL
+            for (int c = 0; c < nc; c++) {
+                int32_t v;
+                memcpy(&v, y[c]->qs + 2 * k, sizeof v);
+                is[c] = lb_madd_acc(is[c], q, _mm256_set1_epi32(v));
+            }
+        }
+        const __m256 dx = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(is[c]), _mm256_mul_ps(dx, _mm256_set1_ps(y[c]->d)));
+            acc[c][i] = _mm256_add_ps(acc[c][i], t);
+        }
+    }
+}
+
 /* One group of 8 rows. */
 LB_INLINE void lb_gemm_x8(const int type, int64_t n, float *s, int64_t ld_s, const void *w, const void *a,
                           size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, const int nc) {
@@ -1221,10 +1285,17 @@ LB_INLINE void lb_gemm_x8(const int type, int64_t n, float *s, int64_t ld_s, con
         }
     }
     int64_t b = 0;
+    /* whole runs of 4 blocks with cnt a constant, so the block loop unrolls */
     for (; b + 4 <= nb; b += 4) {
-        lb_group_x8(type, w, (const uint8_t *)a, a_stride, yi, yi_stride, b, 4, nc, acc);
+        if (type == LB_TYPE_Q8_0) {
+            lb_group_x8_q8(w, (const uint8_t *)a, a_stride, b, 4, nc, acc);
+        } else {
+            lb_group_x8(type, w, (const uint8_t *)a, a_stride, yi, yi_stride, b, 4, nc, acc);
+        }
     }
-    if (b < nb) {
+    if (b < nb && type == LB_TYPE_Q8_0) {
+        lb_group_x8_q8(w, (const uint8_t *)a, a_stride, b, (int)(nb - b), nc, acc);
+    } else if (b < nb) {
         lb_group_x8(type, w, (const uint8_t *)a, a_stride, yi, yi_stride, b, (int)(nb - b), nc, acc);
     }
     for (int c = 0; c < nc; c++) {
@@ -1257,15 +1328,7 @@ LB_INLINE void lb_nibbles_x16(const uint8_t *qs0, const uint8_t *qs1, __m512i q[
 LB_INLINE __m512 lb_unpack_x16(const int type, const void *w0, const void *w1, int64_t b, __m512i q[8],
                                __m512 *mins) {
     const uint16_t *d0, *d1;
-    if (type == LB_TYPE_Q8_0) {
-        const lb_block_x8_q8 *x0 = (const lb_block_x8_q8 *)w0 + b, *x1 = (const lb_block_x8_q8 *)w1 + b;
-        LB_UNROLL
-        for (int k = 0; k < 8; k++) {
-            q[k] = lb_join256(lb_loadu256(x0->qs + 32 * k), lb_loadu256(x1->qs + 32 * k));
-        }
-        d0 = x0->d;
-        d1 = x1->d;
-    } else if (type == LB_TYPE_Q4_1) {
+    if (type == LB_TYPE_Q4_1) {
         const lb_block_x8_q41 *x0 = (const lb_block_x8_q41 *)w0 + b, *x1 = (const lb_block_x8_q41 *)w1 + b;
         lb_nibbles_x16(x0->qs, x1->qs, q);
         const __m128i m0 = _mm_loadu_si128((const __m128i *)x0->m), m1 = _mm_loadu_si128((const __m128i *)x1->m);
@@ -1342,6 +1405,50 @@ LB_INLINE void lb_group_x16(const int type, const void *w0, const void *w1, cons
     }
 }
 
+/* lb_group_x8_q8 for two groups. */
+LB_INLINE void lb_group_x16_q8(const void *w0, const void *w1, const uint8_t *a, size_t a_stride, int64_t b0,
+                               const int cnt, const int nc, __m512 acc[][4]) {
+    LB_UNROLL
+    for (int i = 0; i < 4; i++) {
+        if (i >= cnt) {
+            break;
+        }
+        if (nc == 1) {
+            lb_prefetch_x8(LB_TYPE_Q8_0, w0, b0 + i);
+            lb_prefetch_x8(LB_TYPE_Q8_0, w1, b0 + i);
+        }
+        const lb_block_x8_q8 *x0 = (const lb_block_x8_q8 *)w0 + b0 + i, *x1 = (const lb_block_x8_q8 *)w1 + b0 + i;
+        const lb_block_q16 *y[LB_MULTI_MAX];
+        __m512i is[LB_MULTI_MAX];
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            y[c] = (const lb_block_q16 *)(a + (size_t)c * a_stride) + b0 + i;
+            is[c] = _mm512_setzero_si512();
+        }
+        LB_UNROLL
+        for (int k = 0; k < 16; k++) {
+            const __m256i both = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(x0->qs + 16 * k))),
+                _mm_loadu_si128((const __m128i *)(x1->qs + 16 * k)), 1);
+            const __m512i q = _mm512_cvtepi8_epi16(both);
+            LB_UNROLL
+            for (int c = 0; c < nc; c++) {
+                int32_t v;
+                memcpy(&v, y[c]->qs + 2 * k, sizeof v);
+                is[c] = _mm512_dpwssd_epi32(is[c], q, _mm512_set1_epi32(v));
+            }
+        }
+        const __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)x0->d)),
+                                                  _mm_loadu_si128((const __m128i *)x1->d), 1);
+        const __m512 dx = _mm512_cvtph_ps(h);
+        LB_UNROLL
+        for (int c = 0; c < nc; c++) {
+            const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(is[c]), _mm512_mul_ps(dx, _mm512_set1_ps(y[c]->d)));
+            acc[c][i] = _mm512_add_ps(acc[c][i], t);
+        }
+    }
+}
+
 /* Two groups: rows 0..15 from w0 (8 rows) and w1 (the next 8). */
 LB_INLINE void lb_gemm_x16(const int type, int64_t n, float *s, int64_t ld_s, const void *w0, const void *w1,
                            const void *a, size_t a_stride, const lb_q8_info *yi, int64_t yi_stride, const int nc) {
@@ -1354,9 +1461,15 @@ LB_INLINE void lb_gemm_x16(const int type, int64_t n, float *s, int64_t ld_s, co
     }
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
-        lb_group_x16(type, w0, w1, (const uint8_t *)a, a_stride, yi, yi_stride, b, 4, nc, acc);
+        if (type == LB_TYPE_Q8_0) {
+            lb_group_x16_q8(w0, w1, (const uint8_t *)a, a_stride, b, 4, nc, acc);
+        } else {
+            lb_group_x16(type, w0, w1, (const uint8_t *)a, a_stride, yi, yi_stride, b, 4, nc, acc);
+        }
     }
-    if (b < nb) {
+    if (b < nb && type == LB_TYPE_Q8_0) {
+        lb_group_x16_q8(w0, w1, (const uint8_t *)a, a_stride, b, (int)(nb - b), nc, acc);
+    } else if (b < nb) {
         lb_group_x16(type, w0, w1, (const uint8_t *)a, a_stride, yi, yi_stride, b, (int)(nb - b), nc, acc);
     }
     for (int c = 0; c < nc; c++) {
@@ -1475,7 +1588,7 @@ LB_X86_ENTRIES(q6_K, lb_dot_q6_K)
                       [LB_TYPE_Q3_K] = lb_vdm_q3_K, [LB_TYPE_Q4_K] = lb_vdm_q4_K, [LB_TYPE_Q5_K] = lb_vdm_q5_K, \
                       [LB_TYPE_Q6_K] = lb_vdm_q6_K},                                                          \
     .from_float = {[LB_TYPE_Q8_0] = lb_x86_quantize_q8_0, [LB_TYPE_Q8_1] = lb_x86_quantize_q8_1,               \
-                   [LB_TYPE_Q8_K] = lb_x86_quantize_q8_K},                                                    \
+                   [LB_TYPE_Q8_K] = lb_x86_quantize_q8_K, [LB_TYPE_Q16] = lb_x86_quantize_q16},                \
     .attn_dot = lb_x86_attn_dot, .attn_axpy = lb_x86_attn_axpy, .attn_scores_f16 = lb_x86_attn_scores_f16,     \
     .attn_wsum_f16 = lb_x86_attn_wsum_f16, .softmax = lb_x86_softmax, .swiglu = lb_x86_swiglu,                \
     .attn_scores_q8_0 = lb_x86_attn_scores_q8_0, .attn_wsum_q8_0 = lb_x86_attn_wsum_q8_0,                   \

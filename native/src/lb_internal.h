@@ -131,11 +131,14 @@ const lb_type_traits *lb_get_type_traits(int32_t type);
  * of blocks. */
 size_t lb_row_bytes(int32_t type, int64_t n);
 
-/* ---- encoders (quants.c: q8_0, q8_1, q8_K; quantize.c: the others) ---------- */
+/* ---- encoders (quants.c: q8_0, q8_1, q8_K, q16; quantize.c: the others) ---- */
 
 void lb_quantize_row_q8_0_ref(const float *src, void *dst, int64_t n);
 void lb_quantize_row_q8_1_ref(const float *src, void *dst, int64_t n);
 void lb_quantize_row_q8_K_ref(const float *src, void *dst, int64_t n);
+void lb_quantize_row_q16_ref(const float *src, void *dst, int64_t n);
+/* Q16 encodes a block whose max |x| is below this as zeros. */
+#define LB_Q16_TINY 1e-30f
 void lb_quantize_row_q4_0_ref(const float *src, void *dst, int64_t n);
 void lb_quantize_row_q4_1_ref(const float *src, void *dst, int64_t n);
 void lb_quantize_row_q5_0_ref(const float *src, void *dst, int64_t n);

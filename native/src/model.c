@@ -42,6 +42,9 @@ typedef struct lb_layer {
     lb_tensor w_down;           /* [n_ff, n_embd] */
 } lb_layer;
 
+/* Encoded-activation buffers (lb_model.act). */
+#define LB_ACT_SLOTS 2
+
 struct lb_model {
     lb_model_config cfg;
     int64_t q_dim;              /* n_head * head_dim */
@@ -78,9 +81,11 @@ struct lb_model {
     double *inv_freq;           /* [rope_dim/2] */
     float *att;                 /* [n_threads][LB_ATT_TILE][n_ctx] attention scores */
     uint8_t *q8;                /* Q8_0 cache: [n_threads][head_row] one query head, encoded */
-    uint8_t *act;               /* encoded activations: [n_batch][act_row_max] */
+    /* encoded activations, two slots: matrices that read the same input in
+     * two formats (Q8_0 weights, which take Q16, beside others) share a job */
+    uint8_t *act[LB_ACT_SLOTS];         /* [n_batch][act_row_max] */
     size_t act_row_max;
-    lb_q8_info *act_info;       /* [n_batch][act_blocks]: of the Q8_0/Q8_1-encoded activation blocks */
+    lb_q8_info *act_info[LB_ACT_SLOTS]; /* [n_batch][act_blocks]: of Q8_0/Q8_1-encoded blocks */
     int64_t act_blocks;
     size_t state_bytes;
     size_t packed_bytes;        /* weights repacked at load (owned copies) */
@@ -388,13 +393,17 @@ lb_status lb_model_ready(lb_model *m) {
     m->rope_cs = (float *)lb_alloc(nb * (size_t)c->rope_dim, sizeof(float), &total);
     m->inv_freq = (double *)lb_alloc((size_t)c->rope_dim / 2, sizeof(double), &total);
     m->att = (float *)lb_alloc((size_t)c->n_threads * LB_ATT_TILE * (size_t)c->n_ctx, sizeof(float), &total);
-    m->act = (uint8_t *)lb_alloc(nb, act, &total);
-    m->act_info = (lb_q8_info *)lb_alloc(nb * (size_t)m->act_blocks, sizeof(lb_q8_info), &total);
+    int act_ok = 1;
+    for (int i = 0; i < LB_ACT_SLOTS; i++) {
+        m->act[i] = (uint8_t *)lb_alloc(nb, act, &total);
+        m->act_info[i] = (lb_q8_info *)lb_alloc(nb * (size_t)m->act_blocks, sizeof(lb_q8_info), &total);
+        act_ok &= m->act[i] != NULL && m->act_info[i] != NULL;
+    }
     if (q8_kv) {
         m->q8 = (uint8_t *)lb_alloc((size_t)c->n_threads, m->head_row, &total);
     }
     if (!m->k_cache || !m->v_cache || !m->x || !m->xn || !m->q || !m->k || !m->v || !m->tmp || !m->gate ||
-        !m->up || !m->rope_cs || !m->inv_freq || !m->att || !m->act || !m->act_info || (q8_kv && !m->q8)) {
+        !m->up || !m->rope_cs || !m->inv_freq || !m->att || !act_ok || (q8_kv && !m->q8)) {
         return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the KV cache and buffers (%.1f MiB)",
                        (double)total / (1024.0 * 1024.0));
     }
@@ -466,8 +475,10 @@ void lb_model_free(lb_model *m) {
     free(m->rope_cs);
     free(m->inv_freq);
     free(m->att);
-    free(m->act);
-    free(m->act_info);
+    for (int i = 0; i < LB_ACT_SLOTS; i++) {
+        free(m->act[i]);
+        free(m->act_info[i]);
+    }
     free(m->q8);
     free(m);
 }
@@ -500,30 +511,39 @@ int32_t lb_model_tensor_repacked(const lb_model *m, int32_t role, int32_t layer)
 
 /* ---- parallel building blocks ------------------------------------------- */
 
+/* n_tok rows of src, encoded in one or two formats (a task per row and format). */
 typedef struct lb_encode_job {
-    const float *src;           /* [n][ld_src] */
-    int64_t ld_src, n_elems;
-    lb_from_float_fn encode;
-    uint8_t *dst;               /* [n][row_bytes] */
-    size_t row_bytes;
-    lb_q8_info *info;           /* Q8_0 and Q8_1 only: [n][info_stride] */
+    const float *src;           /* [n_tok][ld_src] */
+    int64_t ld_src, n_elems, n_tok;
+    int n_fmt;
+    struct {
+        lb_from_float_fn encode;
+        uint8_t *dst;           /* [n_tok][row_bytes] */
+        size_t row_bytes;
+        lb_q8_info *info;       /* Q8_0 and Q8_1 only: [n_tok][info_stride] */
+        int32_t type;           /* the encoding */
+    } fmt[LB_ACT_SLOTS];
     int64_t info_stride;
-    int32_t type;               /* the encoding */
 } lb_encode_job;
 
-static void lb_encode_task(void *ctx, int64_t t, int tid) {
+static void lb_encode_task(void *ctx, int64_t task, int tid) {
     (void)tid;
     const lb_encode_job *j = (const lb_encode_job *)ctx;
-    uint8_t *row = j->dst + (size_t)t * j->row_bytes;
-    j->encode(j->src + t * j->ld_src, row, j->n_elems);
-    if (j->info) {
-        lb_q8_block_info(j->type, row, j->n_elems / LB_QK8_0, j->info + t * j->info_stride);
+    const int f = (int)(task / j->n_tok);
+    const int64_t t = task % j->n_tok;
+    uint8_t *row = j->fmt[f].dst + (size_t)t * j->fmt[f].row_bytes;
+    j->fmt[f].encode(j->src + t * j->ld_src, row, j->n_elems);
+    if (j->fmt[f].info) {
+        lb_q8_block_info(j->fmt[f].type, row, j->n_elems / LB_QK8_0, j->fmt[f].info + t * j->info_stride);
     }
 }
 
 /* One weight matrix of a matmul job and where its results go. */
 typedef struct lb_mm_part {
     const lb_tensor *w;
+    const uint8_t *act;         /* [n_tok][act_row] its encoded inputs */
+    size_t act_row;
+    const lb_q8_info *act_info; /* [n_tok][act_blocks] (Q8_0 and Q8_1 inputs) */
     float *out;                 /* [n_tok][ld_out] */
     int64_t ld_out;
     int64_t task_end;           /* one past this part's last task in the job */
@@ -533,15 +553,12 @@ typedef struct lb_mm_part {
     lb_gemm_x8_fn gemm_x8;      /* w->packed: the kernel for it */
 } lb_mm_part;
 
-/* Up to three matrices that read the same encoded input, run as one pool job
- * so a decoding step waits for the threads once instead of once per matrix
- * (Q, K and V; gate and up). With swiglu, parts 0 and 1 are gate and up of
- * the same shape; each task does the same rows of both and leaves
- * silu(gate) * up in part 0's output. */
+/* Up to three matrices that read the same input (in at most two encodings),
+ * run as one pool job so a decoding step waits for the threads once instead
+ * of once per matrix (Q, K and V; gate and up). With swiglu, parts 0 and 1
+ * are gate and up of the same shape; each task does the same rows of both
+ * and leaves silu(gate) * up in part 0's output. */
 typedef struct lb_matmul_job {
-    const uint8_t *act;         /* [n_tok][act_row] encoded inputs */
-    size_t act_row;
-    const lb_q8_info *act_info; /* [n_tok][act_blocks] (Q8_0 and Q8_1 inputs) */
     int64_t act_blocks;
     int64_t n_tok;
     int n_parts;
@@ -559,26 +576,26 @@ static void lb_matmul_rows(const lb_matmul_job *j, const lb_mm_part *p, int64_t 
         const uint8_t *wp = (const uint8_t *)p->w->packed;
         for (int64_t t = 0; t < j->n_tok; t += LB_MULTI_MAX) {
             const int nc = (int)(j->n_tok - t < LB_MULTI_MAX ? j->n_tok - t : LB_MULTI_MAX);
-            const uint8_t *a = j->act + (size_t)t * j->act_row;
-            const lb_q8_info *yi = j->act_info + t * j->act_blocks;
+            const uint8_t *a = p->act + (size_t)t * p->act_row;
+            const lb_q8_info *yi = p->act_info + t * j->act_blocks;
             p->gemm_x8(n, (r1 - r0) / LB_PACK_ROWS, p->out + t * p->ld_out + r0, p->ld_out,
-                       wp + (size_t)r0 * p->w->row_bytes, a, j->act_row, yi, j->act_blocks, nc);
+                       wp + (size_t)r0 * p->w->row_bytes, a, p->act_row, yi, j->act_blocks, nc);
         }
         return;
     }
     if (p->multi != NULL && j->n_tok > 1) {
         for (int64_t t = 0; t < j->n_tok; t += LB_MULTI_MAX) {
             const int nc = (int)(j->n_tok - t < LB_MULTI_MAX ? j->n_tok - t : LB_MULTI_MAX);
-            const uint8_t *a = j->act + (size_t)t * j->act_row;
+            const uint8_t *a = p->act + (size_t)t * p->act_row;
             float *o = p->out + t * p->ld_out;
             for (int64_t r = r0; r < r1; r++) {
-                p->multi(n, &o[r], p->ld_out, w + (size_t)r * p->w->row_bytes, a, j->act_row, nc);
+                p->multi(n, &o[r], p->ld_out, w + (size_t)r * p->w->row_bytes, a, p->act_row, nc);
             }
         }
         return;
     }
     for (int64_t t = 0; t < j->n_tok; t++) {
-        const uint8_t *a = j->act + (size_t)t * j->act_row;
+        const uint8_t *a = p->act + (size_t)t * p->act_row;
         float *o = p->out + t * p->ld_out;
         for (int64_t r = r0; r < r1; r++) {
             p->dot(n, &o[r], w + (size_t)r * p->w->row_bytes, a);
@@ -609,33 +626,72 @@ static void lb_matmul_task(void *ctx, int64_t task, int tid) {
     }
 }
 
-/* out[t][0..w.ne1) = W x[t] for the n_tok rows of x (row stride ld_x). The
- * encoded activations are reused when several weights read the same x in the
- * same format (Q, K and V; gate and up); the caller sets enc->src to NULL
- * whenever it rewrites x. */
+/* Which input each activation slot holds: slot i of m->act has src's n_tok
+ * rows encoded as type. Matrices that read the same x in the same format
+ * (Q, K and V; gate and up) reuse it; the caller resets the record
+ * (lb_encoded_reset) whenever it rewrites x. */
 typedef struct lb_encoded {
-    const float *src;
-    int32_t type;
-    int64_t n_tok;
+    const float *src[LB_ACT_SLOTS];
+    int32_t type[LB_ACT_SLOTS];
+    int64_t n_tok[LB_ACT_SLOTS];
 } lb_encoded;
 
-/* Encode x for weight type wtype (if not already) and return the row size. */
-static size_t lb_encode_input(lb_model *m, lb_encoded *enc, const lb_kernels *k, const lb_tensor *w,
-                              const float *x, int64_t ld_x, int64_t n_tok) {
-    const int32_t vt = lb_get_type_traits(w->type)->vec_dot_type;
-    const size_t act_row = lb_row_bytes(vt, w->ne0);
-    if (!(enc->src == x && enc->type == vt && enc->n_tok == n_tok)) {
+static void lb_encoded_reset(lb_encoded *enc) {
+    for (int i = 0; i < LB_ACT_SLOTS; i++) {
+        enc->src[i] = NULL;
+        enc->type[i] = -1;
+        enc->n_tok[i] = 0;
+    }
+}
+
+/* Encode x (n_tok rows of n_elems) in each of the n_fmt (1..LB_ACT_SLOTS)
+ * formats vt[f] that no slot holds yet, in one pool job, and give each
+ * format's slot. */
+static void lb_encode_inputs(lb_model *m, lb_encoded *enc, const lb_kernels *k, int n_fmt, const int32_t *vt,
+                             int64_t n_elems, const float *x, int64_t ld_x, int64_t n_tok, int *slot) {
+    int used[LB_ACT_SLOTS] = {0};
+    for (int f = 0; f < n_fmt; f++) {
+        slot[f] = -1;
+        for (int i = 0; i < LB_ACT_SLOTS && slot[f] < 0; i++) {
+            if (!used[i] && enc->src[i] == x && enc->type[i] == vt[f] && enc->n_tok[i] == n_tok) {
+                slot[f] = i;
+                used[i] = 1;
+            }
+        }
+    }
+    lb_encode_job ej;
+    memset(&ej, 0, sizeof ej);
+    ej.src = x;
+    ej.ld_src = ld_x;
+    ej.n_elems = n_elems;
+    ej.n_tok = n_tok;
+    ej.info_stride = m->act_blocks;
+    for (int f = 0; f < n_fmt; f++) {
+        if (slot[f] >= 0) {
+            continue;
+        }
+        int i = 0;
+        while (used[i]) {
+            i++;
+        }
+        used[i] = 1;
+        slot[f] = i;
         /* the per-block info serves only the repacked kernels: none on a
          * model loaded without repacking (scalar, NEON, LOWBIT_REPACK=0) */
-        const int info = (vt == LB_TYPE_Q8_0 || vt == LB_TYPE_Q8_1) && m->packed_bytes > 0;
-        lb_encode_job ej = {x, ld_x, w->ne0, lb_kernel_from_float(k, vt), m->act, act_row,
-                            info ? m->act_info : NULL, m->act_blocks, vt};
-        lb_pool_run(m->pool, lb_encode_task, &ej, n_tok);
-        enc->src = x;
-        enc->type = vt;
-        enc->n_tok = n_tok;
+        const int info = (vt[f] == LB_TYPE_Q8_0 || vt[f] == LB_TYPE_Q8_1) && m->packed_bytes > 0;
+        ej.fmt[ej.n_fmt].encode = lb_kernel_from_float(k, vt[f]);
+        ej.fmt[ej.n_fmt].dst = m->act[i];
+        ej.fmt[ej.n_fmt].row_bytes = lb_row_bytes(vt[f], n_elems);
+        ej.fmt[ej.n_fmt].info = info ? m->act_info[i] : NULL;
+        ej.fmt[ej.n_fmt].type = vt[f];
+        ej.n_fmt++;
+        enc->src[i] = x;
+        enc->type[i] = vt[f];
+        enc->n_tok[i] = n_tok;
     }
-    return act_row;
+    if (ej.n_fmt > 0) {
+        lb_pool_run(m->pool, lb_encode_task, &ej, ej.n_fmt * n_tok);
+    }
 }
 
 /* Rows per matmul task. A prompt keeps LB_ROWS_PER_TASK, whose weights stay
@@ -653,15 +709,28 @@ static int64_t lb_task_rows(const lb_model *m, const lb_tensor *w, int64_t n_tok
 }
 
 /* outs[i][t][0..ws[i].ne1) = W_i x[t] for nw matrices of the same input
- * width, as one job where their activation formats agree (else one by one). */
+ * width, as one job where they need at most two activation formats (else
+ * one by one). */
 static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *const *ws, float *const *outs,
                         const int64_t *lds, const float *x, int64_t ld_x, int64_t n_tok, int swiglu) {
     const lb_kernels *k = lb_kernels_active();
-    int same = 1;
-    for (int i = 1; i < nw; i++) {
-        same &= lb_get_type_traits(ws[i]->type)->vec_dot_type == lb_get_type_traits(ws[0]->type)->vec_dot_type;
+    int32_t fmts[LB_ACT_SLOTS];
+    int n_fmt = 0, of[3];
+    for (int i = 0; i < nw; i++) {
+        const int32_t vt = lb_get_type_traits(ws[i]->type)->vec_dot_type;
+        of[i] = 0;
+        while (of[i] < n_fmt && fmts[of[i]] != vt) {
+            of[i]++;
+        }
+        if (of[i] == n_fmt && n_fmt == LB_ACT_SLOTS) {
+            n_fmt = LB_ACT_SLOTS + 1;
+            break;
+        }
+        if (of[i] == n_fmt) {
+            fmts[n_fmt++] = vt;
+        }
     }
-    if (!same) {
+    if (n_fmt > LB_ACT_SLOTS) {
         for (int i = 0; i < nw; i++) {
             lb_matmul_n(m, enc, 1, &ws[i], &outs[i], &lds[i], x, ld_x, n_tok, 0);
         }
@@ -674,11 +743,10 @@ static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *c
         }
         return;
     }
+    int slot[LB_ACT_SLOTS];
+    lb_encode_inputs(m, enc, k, n_fmt, fmts, ws[0]->ne0, x, ld_x, n_tok, slot);
     lb_matmul_job mj;
     memset(&mj, 0, sizeof mj);
-    mj.act = m->act;
-    mj.act_row = lb_encode_input(m, enc, k, ws[0], x, ld_x, n_tok);
-    mj.act_info = m->act_info;
     mj.act_blocks = m->act_blocks;
     mj.n_tok = n_tok;
     mj.swiglu = swiglu ? (k->swiglu ? k->swiglu : lb_swiglu_ref) : NULL;
@@ -687,6 +755,9 @@ static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *c
     for (int i = 0; i < nw; i++) {
         lb_mm_part *p = &mj.part[i];
         p->w = ws[i];
+        p->act = m->act[slot[of[i]]];
+        p->act_row = lb_row_bytes(fmts[of[i]], ws[i]->ne0);
+        p->act_info = m->act_info[slot[of[i]]];
         p->out = outs[i];
         p->ld_out = lds[i];
         p->dot = lb_kernel_vec_dot(k, ws[i]->type);
@@ -889,16 +960,17 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
     const lb_model_config *c = &m->cfg;
     const int64_t d = c->n_embd;
     const float eps = c->rms_eps;
-    lb_encoded enc = {NULL, -1, 0};
+    lb_encoded enc;
+    lb_encoded_reset(&enc);
 
     const lb_type_traits *et = lb_get_type_traits(m->tok_embd.type);
     for (int64_t t = 0; t < n_tok; t++) {
         const uint8_t *row = (const uint8_t *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes;
         if (lb_embd_from_output(m)) {
-            /* m->act is free until the first matrix, and holds a row: it
+            /* m->act[0] is free until the first matrix, and holds a row: it
              * fits the output's encoded input, which is no smaller */
-            lb_unpack_x8_row(m->tok_embd.type, m->output.packed, d, tokens[t], m->act);
-            row = m->act;
+            lb_unpack_x8_row(m->tok_embd.type, m->output.packed, d, tokens[t], m->act[0]);
+            row = m->act[0];
         }
         et->to_float(row, m->x + t * d, d);
     }
@@ -924,7 +996,7 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
         for (int64_t t = 0; t < n_tok; t++) {
             lb_rmsnorm(m->xn + t * d, m->x + t * d, (const float *)L->attn_norm.data, d, eps);
         }
-        enc.src = NULL; /* xn was rewritten */
+        lb_encoded_reset(&enc); /* xn was rewritten */
         {
             const lb_tensor *ws[3] = {&L->wq, &L->wk, &L->wv};
             float *outs[3] = {m->q, m->k, m->v};
@@ -966,12 +1038,12 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
         aj.f16_wsum = kern->attn_wsum_f16;
         aj.q8_encode = q8_encode;
         aj.q8_scores = kern->attn_scores_q8_0;
-        aj.q8_dot = lb_kernel_vec_dot(kern, LB_TYPE_Q8_0);
+        aj.q8_dot = lb_vec_dot_q8_0_q8_0; /* where the path has no q8_scores */
         aj.q8_wsum = kern->attn_wsum_q8_0 ? kern->attn_wsum_q8_0 : lb_attn_wsum_q8_0_ref;
         aj.softmax = kern->softmax ? kern->softmax : lb_softmax_ref;
         lb_pool_run(m->pool, lb_attn_task, &aj, aj.n_tblk * c->n_head_kv * aj.n_slices);
         /* xn now holds the attention output [n_tok][q_dim] */
-        enc.src = NULL;
+        lb_encoded_reset(&enc);
         lb_matmul(m, &enc, &L->wo, m->xn, m->q_dim, n_tok, m->tmp, d);
         for (int64_t i = 0; i < n_tok * d; i++) {
             m->x[i] += m->tmp[i];
@@ -981,7 +1053,7 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
         for (int64_t t = 0; t < n_tok; t++) {
             lb_rmsnorm(m->xn + t * d, m->x + t * d, (const float *)L->ffn_norm.data, d, eps);
         }
-        enc.src = NULL;
+        lb_encoded_reset(&enc);
         {
             /* gate becomes silu(gate) * up inside the job */
             const lb_tensor *ws[2] = {&L->w_gate, &L->w_up};
@@ -989,7 +1061,7 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
             const int64_t lds[2] = {c->n_ff, c->n_ff};
             lb_matmul_n(m, &enc, 2, ws, outs, lds, m->xn, d, n_tok, 1);
         }
-        enc.src = NULL;
+        lb_encoded_reset(&enc);
         lb_matmul(m, &enc, &L->w_down, m->gate, c->n_ff, n_tok, m->tmp, d);
         for (int64_t i = 0; i < n_tok * d; i++) {
             m->x[i] += m->tmp[i];
@@ -1005,7 +1077,7 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
     for (int64_t t = 0; t < n_out; t++) {
         lb_rmsnorm(m->xn + t * d, m->x + (first + t) * d, (const float *)m->out_norm.data, d, eps);
     }
-    enc.src = NULL;
+    lb_encoded_reset(&enc);
     lb_matmul(m, &enc, &m->output, m->xn, d, n_out, logits, c->n_vocab);
     return LB_OK;
 }

@@ -124,6 +124,16 @@ static void lb_dequantize_row_q8_0(const void *src, float *dst, int64_t n) {
     }
 }
 
+static void lb_dequantize_row_q16(const void *src, float *dst, int64_t n) {
+    const lb_block_q16 *x = src;
+    const int64_t nb = n / LB_QK16;
+    for (int64_t b = 0; b < nb; b++) {
+        for (int j = 0; j < LB_QK16; j++) {
+            dst[b * LB_QK16 + j] = x[b].d * (float)x[b].qs[j];
+        }
+    }
+}
+
 /* The sum s is redundant for decoding. */
 static void lb_dequantize_row_q8_1(const void *src, float *dst, int64_t n) {
     const lb_block_q8_1 *x = src;
@@ -269,21 +279,24 @@ static void lb_dequantize_row_q8_K(const void *src, float *dst, int64_t n) {
 
 /* ---- reference encoders ---------------------------------------------------- */
 
-/* roundf, clamped to +-127; NaN gives 0 rather than an undefined conversion.
- * Finite inputs never reach the clamp: every caller scales by 127 / max|x|. */
-static inline int8_t lb_round_q8(float v) {
+/* roundf, clamped to +-limit; NaN gives 0 rather than an undefined conversion.
+ * Finite inputs never reach the clamp: every caller scales by limit / max|x|. */
+static inline int32_t lb_round_clamp(float v, float limit) {
     const float r = roundf(v);
-    if (r > 127.0f) {
-        return 127;
+    if (r > limit) {
+        return (int32_t)limit;
     }
-    if (r < -127.0f) {
-        return -127;
+    if (r < -limit) {
+        return -(int32_t)limit;
     }
     if (r != r) {
         return 0;
     }
-    return (int8_t)r;
+    return (int32_t)r;
 }
+
+static inline int8_t lb_round_q8(float v) { return (int8_t)lb_round_clamp(v, 127.0f); }
+static inline int16_t lb_round_q16(float v) { return (int16_t)lb_round_clamp(v, 32767.0f); }
 
 static void lb_quantize_row_f32_ref(const float *src, void *dst, int64_t n) {
     memcpy(dst, src, (size_t)n * sizeof(float));
@@ -328,6 +341,24 @@ void lb_quantize_row_q8_0_ref(const float *src, void *dst, int64_t n) {
         y[b].d = lb_fp32_to_fp16(d);
         for (int j = 0; j < LB_QK8_0; j++) {
             y[b].qs[j] = lb_round_q8(x[j] * id);
+        }
+    }
+}
+
+/* d = max|x| / 32767 in float32. A block below 1e-30 in magnitude, whose
+ * 1 / d could overflow, encodes as zeros: against any weight its products
+ * would vanish anyway. */
+void lb_quantize_row_q16_ref(const float *src, void *dst, int64_t n) {
+    lb_block_q16 *y = dst;
+    const int64_t nb = n / LB_QK16;
+    for (int64_t b = 0; b < nb; b++) {
+        const float *x = src + b * LB_QK16;
+        const float amax = lb_block_absmax(x, LB_QK16);
+        const float d = amax >= LB_Q16_TINY ? amax / 32767.0f : 0.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = d;
+        for (int j = 0; j < LB_QK16; j++) {
+            y[b].qs[j] = lb_round_q16(x[j] * id);
         }
     }
 }
@@ -392,7 +423,7 @@ void lb_quantize_row_q8_K_ref(const float *src, void *dst, int64_t n) {
 /* ---- traits ------------------------------------------------------------------
  * Indexed by GGML type id; a slot without a name is a type Lowbit does not know. */
 
-static const lb_type_traits lb_traits[LB_TYPE_BF16 + 1] = {
+static const lb_type_traits lb_traits[LB_TYPE_Q16 + 1] = {
     [LB_TYPE_F32] = {.name = "F32", .blck_size = 1, .type_size = sizeof(float), .is_weight = 1,
                      .to_float = lb_dequantize_row_f32, .from_float = lb_quantize_row_f32_ref,
                      .vec_dot_type = LB_TYPE_F32, .vec_dot = lb_vec_dot_f32_f32},
@@ -421,7 +452,7 @@ static const lb_type_traits lb_traits[LB_TYPE_BF16 + 1] = {
     [LB_TYPE_Q8_0] = {.name = "Q8_0", .blck_size = LB_QK8_0, .type_size = sizeof(lb_block_q8_0),
                       .is_weight = 1, .to_float = lb_dequantize_row_q8_0,
                       .from_float = lb_quantize_row_q8_0_ref, .quantize_imp = lb_quantize_row_q8_0_imp,
-                      .vec_dot_type = LB_TYPE_Q8_0, .vec_dot = lb_vec_dot_q8_0_q8_0},
+                      .vec_dot_type = LB_TYPE_Q16, .vec_dot = lb_vec_dot_q8_0_q16},
     [LB_TYPE_Q8_1] = {.name = "Q8_1", .blck_size = LB_QK8_1, .type_size = sizeof(lb_block_q8_1),
                       .is_weight = 0, .to_float = lb_dequantize_row_q8_1,
                       .from_float = lb_quantize_row_q8_1_ref, .vec_dot_type = LB_TYPE_Q8_1, .vec_dot = NULL},
@@ -452,6 +483,9 @@ static const lb_type_traits lb_traits[LB_TYPE_BF16 + 1] = {
                         .is_weight = 1, .to_float = lb_dequantize_row_iq4_nl,
                         .from_float = lb_quantize_row_iq4_nl_ref, .quantize_imp = lb_quantize_row_iq4_nl_imp,
                         .vec_dot_type = LB_TYPE_Q8_0, .vec_dot = lb_vec_dot_iq4_nl_q8_0},
+    [LB_TYPE_Q16] = {.name = "Q16", .blck_size = LB_QK16, .type_size = sizeof(lb_block_q16), .is_weight = 0,
+                     .to_float = lb_dequantize_row_q16, .from_float = lb_quantize_row_q16_ref,
+                     .vec_dot_type = LB_TYPE_Q16, .vec_dot = NULL},
 };
 
 const lb_type_traits *lb_get_type_traits(int32_t type) {
@@ -530,6 +564,8 @@ static size_t lb_type_align(int32_t type) {
         return _Alignof(float);
     case LB_TYPE_Q8_K:
         return _Alignof(lb_block_q8_K);
+    case LB_TYPE_Q16:
+        return _Alignof(lb_block_q16);
     default:
         return _Alignof(uint16_t); /* every other block starts with or holds fp16 fields */
     }
@@ -542,22 +578,22 @@ static lb_status lb_check_align(const char *fn, const void *p, size_t align, con
     return LB_OK;
 }
 
-/* What the Q8 encoders cannot hold: non-finite values, and for q8_0/q8_1 an
+/* What the Q8 and Q16 encoders cannot hold: non-finite values, and for q8_0/q8_1 an
  * fp16 field that would overflow to inf: d = max|x|/127 beyond 65504 (max|x|
  * above about 8.3e6), or q8_1's block sum s beyond 65504. The q8_1 encoder
  * itself, run on one block, tells: its d is q8_0's. */
 _Static_assert(LB_QK8_0 == LB_QK8_1, "q8_0 and q8_1 blocks must cover the same elements");
 static lb_status lb_check_encodable(const char *fn, int32_t type, const float *x, int64_t n) {
-    if (type != LB_TYPE_Q8_0 && type != LB_TYPE_Q8_1 && type != LB_TYPE_Q8_K) {
+    if (type != LB_TYPE_Q8_0 && type != LB_TYPE_Q8_1 && type != LB_TYPE_Q8_K && type != LB_TYPE_Q16) {
         return LB_OK;
     }
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(x[i])) {
-            return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: x[%lld] = %g is not finite and has no Q8 encoding", fn,
-                           (long long)i, (double)x[i]);
+            return lb_fail(LB_ERR_INVALID_ARGUMENT, "%s: x[%lld] = %g is not finite and has no %s encoding", fn,
+                           (long long)i, (double)x[i], lb_traits[type].name);
         }
     }
-    if (type == LB_TYPE_Q8_K) {
+    if (type == LB_TYPE_Q8_K || type == LB_TYPE_Q16) {
         return LB_OK;
     }
     for (int64_t b = 0; b < n / LB_QK8_1; b++) {
@@ -643,6 +679,7 @@ static int lb_is_direct_encoder(int32_t type) {
     case LB_TYPE_Q8_0:
     case LB_TYPE_Q8_1:
     case LB_TYPE_Q8_K:
+    case LB_TYPE_Q16:
         return 1;
     default:
         return 0;
@@ -793,7 +830,9 @@ lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w, size_
             return lb_fail(LB_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for the repacked rows", fn, w_size);
         }
         lb_pack_x8(type, w, rows, n, packed);
-        lb_q8_block_info(t->vec_dot_type, act, nb, yi);
+        if (t->vec_dot_type == LB_TYPE_Q8_0 || t->vec_dot_type == LB_TYPE_Q8_1) {
+            lb_q8_block_info(t->vec_dot_type, act, nb, yi);
+        }
         k->gemm_x8[type](n, rows / LB_PACK_ROWS, out, 0, packed, act, 0, yi, 0, 1);
         free(packed);
         free(yi);
