@@ -1,6 +1,6 @@
 """Quantizer benchmark against llama.cpp (llama-cpp-python), measured in the same run.
 
-    python -m tests.bench_quantize [--threads 2] [--presets Q4_K_M,Q8_0,...] [--chunks N]
+    python -m tests.bench_quantize [--threads 2] [--presets Q4_K_M,Q8_0,...] [--chunks N] [--noise F]
 
 1. Speed: SmolLM2-135M-Instruct from full precision (the same F32 GGUF for both) to
    Q4_K_M in round-to-nearest mode, best of three, Lowbit vs ``llama_model_quantize``.
@@ -11,6 +11,9 @@
 
 The full-precision source is the test model dequantized (see DESIGN.md): its weights
 lie on a Q4_1 grid, so llama.cpp's Q4_1 of it is nearly lossless by construction.
+``--noise F`` adds Gaussian noise of F times each matrix row's standard deviation to
+the source (seeded), which takes its weights off that grid, as a real full-precision
+model's are; both quantizers and the reference then use the noisy source.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from lowbit.core.convert import gguf_to_hf
 from lowbit.core.evaluate import EvalSettings, evaluate
@@ -35,11 +40,14 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=8, help="512-token chunks of the evaluation text")
     ap.add_argument("--method", default="imatrix")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--noise", type=float, default=0.0, help="source noise, times each row's std")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        hf = gguf_to_hf(fetch_smollm2(), tmp / "hf", dtype="bf16")
+        hf = gguf_to_hf(fetch_smollm2(), tmp / "hf", dtype="f32" if args.noise else "bf16")
+        if args.noise:
+            _add_noise(hf, args.noise)
         f32 = tmp / "f32.gguf"
         quantize_model(hf, f32, preset="F32")
 
@@ -79,6 +87,20 @@ def main() -> None:
             )
             lc.unlink()
             lb.unlink()
+
+
+def _add_noise(hf: Path, scale: float) -> None:
+    """Add seeded Gaussian noise, scale times each row's std, to the folder's F32 matrices."""
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    for f in sorted(hf.glob("*.safetensors")):
+        tensors = load_file(f)
+        for name, v in tensors.items():
+            if v.ndim == 2:
+                noise = rng.standard_normal(v.shape).astype(np.float32) * v.std(axis=1, keepdims=True)
+                tensors[name] = v + np.float32(scale) * noise
+        save_file(tensors, f, metadata={"format": "pt"})
 
 
 if __name__ == "__main__":
