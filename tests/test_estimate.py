@@ -73,8 +73,9 @@ def test_fit_recovers_the_floor_scaled_by_the_8bit_share() -> None:
 def test_8bit_share_follows_the_weight_types(tiny) -> None:
     by = {e.preset: e for e in estimate(tiny.path, ["Q8_0", "Q4_0", "Q4_K_M"], n_threads=1)}
     assert by["Q8_0"].act8_share == 0.0  # Q8_0 weights meet 16-bit activations
-    assert by["Q4_0"].act8_share > 0.5  # the embedding may stay Q8_0; the layers are Q4_0
-    assert 0.0 < by["Q4_K_M"].act8_share <= 1.0
+    assert by["Q4_0"].act8_share == 1.0  # every ffn_down is Q4_0, with Q8_0 inputs
+    assert by["Q4_K_M"].act8_share == 1.0  # Q4_K and Q6_K: Q8_K inputs
+    assert by["Q8_0"].kld_estimate < by["Q4_K_M"].kld_estimate < by["Q4_0"].kld_estimate
 
 
 def test_bad_requests(tiny, tmp_path) -> None:
