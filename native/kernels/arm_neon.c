@@ -388,6 +388,23 @@ static inline int32_t lb_neon_quant16(const float *x, float id, int8_t *dst) {
     return vaddlvq_s8(q);
 }
 
+/* Q16: as lb_quantize_row_q16_ref, four quants at a time. */
+static void lb_neon_quantize_q16(const float *src, void *dst, int64_t n) {
+    lb_block_q16 *y = dst;
+    for (int64_t b = 0; b < n / LB_QK16; b++) {
+        const float *x = src + b * LB_QK16;
+        const float amax = lb_neon_absmax(x, LB_QK16);
+        const float d = amax >= LB_Q16_TINY ? amax / 32767.0f : 0.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = d;
+        for (int i = 0; i < LB_QK16; i += 4) {
+            float32x4_t r = vrndaq_f32(vmulq_n_f32(vld1q_f32(x + i), id));
+            r = vminq_f32(vmaxq_f32(r, vdupq_n_f32(-32767.0f)), vdupq_n_f32(32767.0f));
+            vst1_s16(y[b].qs + i, vmovn_s32(vcvtq_s32_f32(r)));
+        }
+    }
+}
+
 static void lb_neon_quantize_q8_0(const float *src, void *dst, int64_t n) {
     lb_block_q8_0 *y = dst;
     for (int64_t b = 0; b < n / LB_QK8_0; b++) {
@@ -473,7 +490,7 @@ const lb_kernels lb_kernels_neon = {
                 [LB_TYPE_Q2_K] = lb_neon_q2_K, [LB_TYPE_Q3_K] = lb_neon_q3_K, [LB_TYPE_Q4_K] = lb_neon_q4_K,
                 [LB_TYPE_Q5_K] = lb_neon_q5_K, [LB_TYPE_Q6_K] = lb_neon_q6_K},
     .from_float = {[LB_TYPE_Q8_0] = lb_neon_quantize_q8_0, [LB_TYPE_Q8_1] = lb_neon_quantize_q8_1,
-                   [LB_TYPE_Q8_K] = lb_neon_quantize_q8_K},
+                   [LB_TYPE_Q8_K] = lb_neon_quantize_q8_K, [LB_TYPE_Q16] = lb_neon_quantize_q16},
     .attn_dot = lb_neon_attn_dot,
     .attn_axpy = lb_neon_attn_axpy,
     .attn_scores_q8_0 = lb_neon_attn_scores_q8_0,

@@ -41,13 +41,22 @@ static int set_path(const char *name) {
     return 1;
 }
 
-/* Inputs of several shapes: plain, with outliers, exact ties at scale 1, zeros. */
+/* Inputs of several shapes: plain, with outliers, exact ties at scale 1 for
+ * the 8-bit formats, zeros, blocks from 1e-44 to 1e-26 (either side of
+ * Q16's cut, and of Q8_K's scale overflow), ties at scale 1 for Q16. */
+enum { KIND_NORMAL, KIND_OUTLIERS, KIND_TIES, KIND_ZEROS, KIND_TINY, KIND_TIES16 };
 static void fill_x(float *x, int n, int kind) {
+    float scale = 1.0f;
     for (int i = 0; i < n; i++) {
+        if (i % 32 == 0) {
+            scale = powf(10.0f, -44.0f + 18.0f * (rnd() + 1.0f) / 2.0f);
+        }
         switch (kind) {
-        case 0: x[i] = rnd(); break;
-        case 1: x[i] = rnd() * (i % 37 == 0 ? 300.0f : 1.0f); break;
-        case 2: x[i] = i % 32 == 0 ? 127.0f : floorf(rnd() * 120.0f) + 0.5f; break;
+        case KIND_NORMAL: x[i] = rnd(); break;
+        case KIND_OUTLIERS: x[i] = rnd() * (i % 37 == 0 ? 300.0f : 1.0f); break;
+        case KIND_TIES: x[i] = i % 32 == 0 ? 127.0f : floorf(rnd() * 120.0f) + 0.5f; break;
+        case KIND_TINY: x[i] = rnd() * scale; break;
+        case KIND_TIES16: x[i] = i % 32 == 0 ? 32767.0f : floorf(rnd() * 32000.0f) + 0.5f; break;
         default: x[i] = 0.0f; break;
         }
     }
@@ -71,7 +80,7 @@ static void check_weight_type(int32_t type, int n, int rows) {
         goto done;
     }
     const int is_float = type == LB_TYPE_F32 || type == LB_TYPE_F16 || type == LB_TYPE_BF16;
-    for (int kind = 0; kind < 4; kind++) {
+    for (int kind = KIND_NORMAL; kind <= KIND_ZEROS; kind++) {
         fill_x(x, n, kind);
         const char *paths[2] = {"scalar", "neon"};
         for (int p = 0; p < 2; p++) {
@@ -106,7 +115,9 @@ static void check_encoder(int32_t type, int n) {
     lb_row_size(type, n, &rb);
     unsigned char *e[2] = {malloc(rb), malloc(rb)};
     float *x = malloc(sizeof(float) * n);
-    for (int kind = 0; kind < 4; kind++) {
+    /* Q8_1's fp16 block sums would overflow on Q16's ties */
+    const int last = type == LB_TYPE_Q16 ? KIND_TIES16 : KIND_TINY;
+    for (int kind = KIND_NORMAL; kind <= last; kind++) {
         fill_x(x, n, kind);
         const char *paths[2] = {"scalar", "neon"};
         int ok = 1;
