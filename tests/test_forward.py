@@ -3,21 +3,20 @@
 Tolerances, and why. Lowbit computes in float32, keeps K and V in float16, and
 for quantized weights encodes each matrix input to 8-bit blocks (Q8_0, Q8_1,
 Q8_K) for integer dot products, as llama.cpp does (16-bit blocks, Q16, for Q8_0
-weights). The reference is float64
-with the stored weights decoded exactly, so the two differ by those roundings
-and nothing else. Rounding noise is not a fixed size: one activation that
-lands on the other side of a rounding boundary moves a logit by a whole step,
-so a plain max-difference bound is either loose or flaky. We therefore measure
-the distance of Lowbit's next-token distributions from the exact ones (mean KL
-divergence) and compare it with the distance of an *ideal* implementation of
-the same documented numerics: the reference run again with the float16 cache
-and the activation encodings emulated in float64. Lowbit must be within
-25% of that ideal (plus 1e-6 nats for float noise). Where no activation
-encoding is involved (F32, F16, BF16 weights) the logits themselves must agree
-to 2e-4 of their standard deviation, after removing each row's mean (softmax
-ignores a constant shift). On the real model we also require the same top token
-wherever the reference's top two differ by more than 0.1, and the same greedy
-continuation.
+weights). The reference is float64 with the stored weights decoded exactly, so
+the two differ by those roundings and nothing else. Rounding noise is not a
+fixed size: one activation that lands on the other side of a rounding boundary
+moves a logit by a whole step, so a plain max-difference bound is either loose
+or flaky. We therefore measure the distance of Lowbit's next-token distributions
+from the exact ones (mean KL divergence) and compare it with the distance of an
+*ideal* implementation of the same documented numerics: the reference run again
+with the float16 cache and the activation encodings emulated in float64. Lowbit
+must be within 25% of that ideal (plus 1e-6 nats for float noise). Where no
+activation encoding is involved (F32, F16, BF16 weights) the logits themselves
+must agree to 2e-4 of their standard deviation, after removing each row's mean
+(softmax ignores a constant shift). On the real model we also require the same
+top token wherever the reference's top two differ by more than 0.1, and the same
+greedy continuation.
 """
 
 from __future__ import annotations
