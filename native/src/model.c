@@ -689,7 +689,12 @@ static void lb_encode_inputs(lb_model *m, lb_encoded *enc, const lb_kernels *k, 
         enc->type[i] = vt[f];
         enc->n_tok[i] = n_tok;
     }
-    if (ej.n_fmt > 0) {
+    /* a decoding step's one row in two formats: waking the workers would cost
+     * more than the second row (lb_pool_run already keeps a single task) */
+    if (ej.n_fmt * n_tok == 2) {
+        lb_encode_task(&ej, 0, 0);
+        lb_encode_task(&ej, 1, 0);
+    } else if (ej.n_fmt > 0) {
         lb_pool_run(m->pool, lb_encode_task, &ej, ej.n_fmt * n_tok);
     }
 }
