@@ -4,9 +4,9 @@
 
 Quantizes the full-precision model (the test model dequantized to F32) to every
 preset in round-to-nearest mode, measures each with the evaluator, and prints
-per preset the summed weight noise, the share of weights that meet 8-bit
-activations, the measured KLD, the estimate with the shipped constants, and the
-constants fitted anew with their rank correlation.
+per preset the summed weight noise, the share of ffn_down weights that meet
+8-bit activations, the measured KLD, the estimate with the shipped constants,
+and the constants fitted anew with their rank correlation.
 """
 
 from __future__ import annotations
