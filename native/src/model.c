@@ -826,8 +826,7 @@ typedef struct lb_attn_job {
     lb_attn_scores_f16_fn f16_scores; /* NULL: dot key by key */
     lb_attn_wsum_f16_fn f16_wsum;     /* NULL: axpy key by key */
     lb_from_float_fn q8_encode; /* Q8_0 cache */
-    lb_attn_scores_q8_0_fn q8_scores; /* NULL: q8_dot key by key */
-    lb_vec_dot_fn q8_dot;
+    lb_attn_scores_q8_0_fn q8_scores; /* NULL: lb_vec_dot_q8_0_q8_0 key by key */
     lb_attn_wsum_q8_0_fn q8_wsum;
     lb_softmax_fn softmax;
 } lb_attn_job;
@@ -845,7 +844,7 @@ static void lb_attn_scores_q8(const lb_attn_job *j, const float *q, const uint8_
         return;
     }
     for (int64_t p = 0; p < n_keys; p++) {
-        j->q8_dot(m->cfg.head_dim, &sc[p], qq, kc + (size_t)p * m->kv_row);
+        lb_vec_dot_q8_0_q8_0(m->cfg.head_dim, &sc[p], qq, kc + (size_t)p * m->kv_row);
     }
 }
 
@@ -991,6 +990,20 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
         }
     }
 
+    /* the attention job of every layer but for the layer index: its kernels
+     * and its split into tasks depend on the chunk only */
+    const lb_kernels *kern = lb_kernels_active();
+    lb_attn_job aj = {.m = m, .pos0 = pos0, .n_tok = n_tok};
+    lb_attn_tiles(m, &aj);
+    aj.dot = kern->attn_dot ? kern->attn_dot : lb_attn_dot_ref;
+    aj.axpy = kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref;
+    aj.f16_scores = kern->attn_scores_f16;
+    aj.f16_wsum = kern->attn_wsum_f16;
+    aj.q8_encode = lb_kernel_from_float(kern, LB_TYPE_Q8_0);
+    aj.q8_scores = kern->attn_scores_q8_0;
+    aj.q8_wsum = kern->attn_wsum_q8_0 ? kern->attn_wsum_q8_0 : lb_attn_wsum_q8_0_ref;
+    aj.softmax = kern->softmax ? kern->softmax : lb_softmax_ref;
+
     for (int l = 0; l < c->n_layer; l++) {
         if (atomic_load_explicit(&m->cancel, memory_order_relaxed)) {
             return lb_fail(LB_ERR_CANCELLED, "cancelled");
@@ -1012,8 +1025,6 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
         lb_add_bias(m->k, &L->bk, n_tok, m->kv_dim);
         lb_add_bias(m->v, &L->bv, n_tok, m->kv_dim);
 
-        const lb_kernels *kern = lb_kernels_active();
-        const lb_from_float_fn q8_encode = lb_kernel_from_float(kern, LB_TYPE_Q8_0);
         const size_t layer_off = (size_t)l * (size_t)c->n_ctx * m->kv_row;
         for (int64_t t = 0; t < n_tok; t++) {
             const float *cs = m->rope_cs + t * c->rope_dim;
@@ -1026,8 +1037,8 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
             uint8_t *kd = m->k_cache + layer_off + (size_t)(pos0 + t) * m->kv_row;
             uint8_t *vd = m->v_cache + layer_off + (size_t)(pos0 + t) * m->kv_row;
             if (c->kv_type == LB_TYPE_Q8_0) {
-                q8_encode(m->k + t * m->kv_dim, kd, m->kv_dim);
-                q8_encode(m->v + t * m->kv_dim, vd, m->kv_dim);
+                aj.q8_encode(m->k + t * m->kv_dim, kd, m->kv_dim);
+                aj.q8_encode(m->v + t * m->kv_dim, vd, m->kv_dim);
                 continue;
             }
             for (int64_t i = 0; i < m->kv_dim; i++) {
@@ -1035,17 +1046,7 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
                 ((uint16_t *)vd)[i] = lb_fp32_to_fp16(m->v[t * m->kv_dim + i]);
             }
         }
-        lb_attn_job aj = {.m = m, .layer = l, .pos0 = pos0, .n_tok = n_tok};
-        lb_attn_tiles(m, &aj);
-        aj.dot = kern->attn_dot ? kern->attn_dot : lb_attn_dot_ref;
-        aj.axpy = kern->attn_axpy ? kern->attn_axpy : lb_attn_axpy_ref;
-        aj.f16_scores = kern->attn_scores_f16;
-        aj.f16_wsum = kern->attn_wsum_f16;
-        aj.q8_encode = q8_encode;
-        aj.q8_scores = kern->attn_scores_q8_0;
-        aj.q8_dot = lb_vec_dot_q8_0_q8_0; /* where the path has no q8_scores */
-        aj.q8_wsum = kern->attn_wsum_q8_0 ? kern->attn_wsum_q8_0 : lb_attn_wsum_q8_0_ref;
-        aj.softmax = kern->softmax ? kern->softmax : lb_softmax_ref;
+        aj.layer = l;
         lb_pool_run(m->pool, lb_attn_task, &aj, aj.n_tblk * c->n_head_kv * aj.n_slices);
         /* xn now holds the attention output [n_tok][q_dim] */
         lb_encoded_reset(&enc);
