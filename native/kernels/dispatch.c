@@ -213,6 +213,10 @@ lb_from_float_fn lb_kernel_from_float(const lb_kernels *k, int32_t type) {
     return lb_get_type_traits(type)->from_float;
 }
 
+lb_softmax_fn lb_kernel_softmax(const lb_kernels *k) { return k->softmax ? k->softmax : lb_softmax_ref; }
+
+lb_swiglu_fn lb_kernel_swiglu(const lb_kernels *k) { return k->swiglu ? k->swiglu : lb_swiglu_ref; }
+
 lb_gemm_x8_fn lb_kernel_gemm_x8(const lb_kernels *k, int32_t type) {
     if (type >= 0 && type < LB_TYPE_SLOTS && k->gemm_x8[type] != NULL) {
         return k->gemm_x8[type];

@@ -255,6 +255,9 @@ const lb_kernels *lb_kernels_active(void);
 lb_vec_dot_fn lb_kernel_vec_dot(const lb_kernels *k, int32_t type);
 lb_vec_dot_multi_fn lb_kernel_vec_dot_multi(const lb_kernels *k, int32_t type);
 lb_from_float_fn lb_kernel_from_float(const lb_kernels *k, int32_t type);
+/* The path's softmax and SwiGLU, else the references. */
+lb_softmax_fn lb_kernel_softmax(const lb_kernels *k);
+lb_swiglu_fn lb_kernel_swiglu(const lb_kernels *k);
 /* The packed-weight kernel for a packable type: the path's, else the
  * reference (weights packed under one path stay usable after lb_set_isa). */
 lb_gemm_x8_fn lb_kernel_gemm_x8(const lb_kernels *k, int32_t type);

@@ -743,7 +743,7 @@ static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *c
             for (int64_t t = 0; t < n_tok; t++) {
                 float *g = outs[0] + t * lds[0];
                 const float *u = outs[1] + t * lds[1];
-                (k->swiglu ? k->swiglu : lb_swiglu_ref)(ws[0]->ne1, g, u);
+                lb_kernel_swiglu(k)(ws[0]->ne1, g, u);
             }
         }
         return;
@@ -754,7 +754,7 @@ static void lb_matmul_n(lb_model *m, lb_encoded *enc, int nw, const lb_tensor *c
     memset(&mj, 0, sizeof mj);
     mj.act_blocks = m->act_blocks;
     mj.n_tok = n_tok;
-    mj.swiglu = swiglu ? (k->swiglu ? k->swiglu : lb_swiglu_ref) : NULL;
+    mj.swiglu = swiglu ? lb_kernel_swiglu(k) : NULL;
     mj.n_parts = swiglu ? 1 : nw; /* with swiglu, part 1 rides along with part 0's tasks */
     int64_t tasks = 0;
     for (int i = 0; i < nw; i++) {
@@ -1002,7 +1002,7 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
     aj.q8_encode = lb_kernel_from_float(kern, LB_TYPE_Q8_0);
     aj.q8_scores = kern->attn_scores_q8_0;
     aj.q8_wsum = kern->attn_wsum_q8_0 ? kern->attn_wsum_q8_0 : lb_attn_wsum_q8_0_ref;
-    aj.softmax = kern->softmax ? kern->softmax : lb_softmax_ref;
+    aj.softmax = lb_kernel_softmax(kern);
 
     for (int l = 0; l < c->n_layer; l++) {
         if (atomic_load_explicit(&m->cancel, memory_order_relaxed)) {

@@ -856,8 +856,7 @@ lb_status lb_softmax(int64_t n, float *x, float scale) {
     if (n < 0) {
         return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_softmax: n = %lld, must not be negative", (long long)n);
     }
-    const lb_kernels *k = lb_kernels_active();
-    (k->softmax ? k->softmax : lb_softmax_ref)(n, x, scale);
+    lb_kernel_softmax(lb_kernels_active())(n, x, scale);
     return LB_OK;
 }
 
@@ -870,7 +869,6 @@ lb_status lb_swiglu(int64_t n, float *g, const float *u) {
     if (n < 0) {
         return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_swiglu: n = %lld, must not be negative", (long long)n);
     }
-    const lb_kernels *k = lb_kernels_active();
-    (k->swiglu ? k->swiglu : lb_swiglu_ref)(n, g, u);
+    lb_kernel_swiglu(lb_kernels_active())(n, g, u);
     return LB_OK;
 }
