@@ -103,7 +103,10 @@ typedef struct lb_q8_info {
     int32_t sum;
 } lb_q8_info;
 
-/* info for the nb blocks of a row encoded as vt (Q8_0 or Q8_1). */
+/* Whether rows encoded as vt have that info (Q8_0 and Q8_1 only). */
+static inline int lb_q8_has_info(int32_t vt) { return vt == LB_TYPE_Q8_0 || vt == LB_TYPE_Q8_1; }
+
+/* info for the nb blocks of a row encoded as vt (lb_q8_has_info). */
 static inline void lb_q8_block_info(int32_t vt, const void *row, int64_t nb, lb_q8_info *info) {
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *qs;

@@ -678,7 +678,7 @@ static void lb_encode_inputs(lb_model *m, lb_encoded *enc, const lb_kernels *k, 
         slot[f] = i;
         /* the per-block info serves only the repacked kernels: none on a
          * model loaded without repacking (scalar, NEON, LOWBIT_REPACK=0) */
-        const int info = (vt[f] == LB_TYPE_Q8_0 || vt[f] == LB_TYPE_Q8_1) && m->packed_bytes > 0;
+        const int info = lb_q8_has_info(vt[f]) && m->packed_bytes > 0;
         ej.fmt[ej.n_fmt].encode = lb_kernel_from_float(k, vt[f]);
         ej.fmt[ej.n_fmt].dst = m->act[i];
         ej.fmt[ej.n_fmt].row_bytes = lb_row_bytes(vt[f], n_elems);
@@ -689,11 +689,10 @@ static void lb_encode_inputs(lb_model *m, lb_encoded *enc, const lb_kernels *k, 
         enc->type[i] = vt[f];
         enc->n_tok[i] = n_tok;
     }
-    /* a decoding step's one row in two formats: waking the workers would cost
-     * more than the second row (lb_pool_run already keeps a single task) */
-    if (ej.n_fmt * n_tok == 2) {
-        lb_encode_task(&ej, 0, 0);
-        lb_encode_task(&ej, 1, 0);
+    if (n_tok == 1) { /* a decoding step's one row per format: cheaper than waking the workers */
+        for (int f = 0; f < ej.n_fmt; f++) {
+            lb_encode_task(&ej, f, 0);
+        }
     } else if (ej.n_fmt > 0) {
         lb_pool_run(m->pool, lb_encode_task, &ej, ej.n_fmt * n_tok);
     }

@@ -830,7 +830,7 @@ lb_status lb_vec_dot(int32_t type, int64_t n, int64_t rows, const void *w, size_
             return lb_fail(LB_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for the repacked rows", fn, w_size);
         }
         lb_pack_x8(type, w, rows, n, packed);
-        if (t->vec_dot_type == LB_TYPE_Q8_0 || t->vec_dot_type == LB_TYPE_Q8_1) {
+        if (lb_q8_has_info(t->vec_dot_type)) {
             lb_q8_block_info(t->vec_dot_type, act, nb, yi);
         }
         k->gemm_x8[type](n, rows / LB_PACK_ROWS, out, 0, packed, act, 0, yi, 0, 1);
