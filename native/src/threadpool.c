@@ -1,9 +1,12 @@
 /* A persistent thread pool. The calling thread takes part in every job as
- * worker 0. Tasks are claimed from an atomic counter, so uneven tasks balance
- * themselves. A decoding step runs a few hundred short jobs, so between jobs
- * workers first spin on the job counter for a while (a wake-up through the
- * kernel costs tens of microseconds) and only then sleep on a condition
- * variable. */
+ * worker 0. Each thread owns an equal run of the job's task indices and takes
+ * them from the front; once its run is done it takes other threads' tasks
+ * from the back of theirs, so uneven tasks still balance. A thread thus works
+ * through neighbouring tasks (one stream of weight rows while decoding, which
+ * the hardware prefetchers follow) and claims them on a cache line of its
+ * own. A decoding step runs a few hundred short jobs, so between jobs workers
+ * first spin on the job counter for a while (a wake-up through the kernel
+ * costs tens of microseconds) and only then sleep on a condition variable. */
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -41,6 +44,16 @@ static void lb_cond_broadcast(lb_cond_t *c) { pthread_cond_broadcast(c); }
 static void lb_yield(void) { sched_yield(); }
 #endif
 
+/* A thread's run of tasks [front, back), packed in one word so that its owner
+ * (taking the front) and a thief (taking the back) agree through one CAS. */
+typedef struct lb_run {
+    _Alignas(64) atomic_ullong fb; /* front in the low 32 bits, back in the high */
+    char pad_[64 - sizeof(atomic_ullong)];
+} lb_run;
+
+/* Tasks per job piece: the run bounds are 32-bit. */
+#define LB_PIECE_TASKS 0x7fffffffLL
+
 typedef struct lb_worker {
     struct lb_pool *pool;
     int id;
@@ -62,18 +75,37 @@ struct lb_pool {
     /* the current job */
     lb_task_fn fn;
     void *ctx;
-    int64_t n_tasks;
-    _Alignas(64) atomic_llong next_task; /* own cache line: every worker hits it */
-    char pad_[64 - sizeof(atomic_llong)];
+    int64_t base;    /* task index of the piece's first task */
+    lb_run *runs;    /* [n_threads], 64-byte aligned inside runs_mem */
+    void *runs_mem;
 };
 
-static void lb_pool_drain(lb_pool *p, int thread_id) {
+/* Take one task of a run: the front one for its owner, else the back one. */
+static int lb_run_take(lb_run *r, int front, int64_t *task) {
+    unsigned long long v = atomic_load_explicit(&r->fb, memory_order_relaxed);
     for (;;) {
-        const int64_t t = (int64_t)atomic_fetch_add_explicit(&p->next_task, 1, memory_order_relaxed);
-        if (t >= p->n_tasks) {
-            break;
+        const unsigned long long f = v & 0xffffffffULL, b = v >> 32;
+        if (f >= b) {
+            return 0;
         }
-        p->fn(p->ctx, t, thread_id);
+        const unsigned long long nv = front ? (f + 1) | (b << 32) : f | ((b - 1) << 32);
+        if (atomic_compare_exchange_weak_explicit(&r->fb, &v, nv, memory_order_relaxed, memory_order_relaxed)) {
+            *task = (int64_t)(front ? f : b - 1);
+            return 1;
+        }
+    }
+}
+
+static void lb_pool_drain(lb_pool *p, int thread_id) {
+    int64_t t;
+    while (lb_run_take(&p->runs[thread_id], 1, &t)) {
+        p->fn(p->ctx, p->base + t, thread_id);
+    }
+    for (int k = 1; k < p->n_threads; k++) {
+        lb_run *r = &p->runs[(thread_id + k) % p->n_threads];
+        while (lb_run_take(r, 0, &t)) {
+            p->fn(p->ctx, p->base + t, thread_id);
+        }
     }
 }
 
@@ -138,9 +170,17 @@ lb_status lb_pool_create(int n_threads, lb_pool **out) {
         return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the thread pool");
     }
     p->n_threads = n_threads;
+    p->runs_mem = calloc((size_t)n_threads + 1, sizeof(lb_run));
+    if (!p->runs_mem) {
+        free(p);
+        return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the thread pool");
+    }
+    p->runs = (lb_run *)(((uintptr_t)p->runs_mem + 63) & ~(uintptr_t)63);
+    for (int i = 0; i < n_threads; i++) {
+        atomic_init(&p->runs[i].fb, 0);
+    }
     lb_mutex_init(&p->mutex);
     lb_cond_init(&p->wake);
-    atomic_init(&p->next_task, 0);
     atomic_init(&p->generation, 0);
     atomic_init(&p->n_finished, 0);
     atomic_init(&p->shutdown, 0);
@@ -174,14 +214,25 @@ lb_status lb_pool_create(int n_threads, lb_pool **out) {
 
 int lb_pool_size(const lb_pool *p) { return p->n_threads; }
 
+static void lb_pool_run_piece(lb_pool *p, int64_t n_tasks);
+
 void lb_pool_run(lb_pool *p, lb_task_fn fn, void *ctx, int64_t n_tasks) {
-    if (n_tasks <= 0) {
-        return;
-    }
     p->fn = fn;
     p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next_task, 0, memory_order_relaxed);
+    for (int64_t done = 0; done < n_tasks; done += LB_PIECE_TASKS) {
+        p->base = done;
+        lb_pool_run_piece(p, n_tasks - done < LB_PIECE_TASKS ? n_tasks - done : LB_PIECE_TASKS);
+    }
+}
+
+static void lb_pool_run_piece(lb_pool *p, int64_t n_tasks) {
+    /* Thread i owns tasks [n*i/T, n*(i+1)/T). The generation bump below
+     * publishes the runs to the workers. */
+    for (int i = 0; i < p->n_threads; i++) {
+        const unsigned long long lo = (unsigned long long)(n_tasks * i / p->n_threads);
+        const unsigned long long hi = (unsigned long long)(n_tasks * (i + 1) / p->n_threads);
+        atomic_store_explicit(&p->runs[i].fb, lo | (hi << 32), memory_order_relaxed);
+    }
     /* Few tasks: waking the others costs more than it saves. */
     const int use_workers = p->n_started > 0 && n_tasks > 1;
     if (use_workers) {
@@ -228,6 +279,7 @@ void lb_pool_free(lb_pool *p) {
     }
     lb_cond_destroy(&p->wake);
     lb_mutex_destroy(&p->mutex);
+    free(p->runs_mem);
     free(p->workers);
     free(p);
 }
