@@ -122,6 +122,17 @@ def test_tiny_llama3_rope_scaling(tmp_path: Path) -> None:
     assert np.abs(_centered(got) - _centered(unscaled)).max() > 0.05 * float(unscaled.std())
 
 
+def test_attention_past_several_chunks(tmp_path: Path) -> None:
+    """Attention runs over chunks of 128 cached positions whose softmaxes are joined;
+    300 tokens make three. The prompt crosses a chunk boundary and decoding, which
+    spreads a token's chunks over the threads, crosses the next."""
+    tm = make_tiny_model(tmp_path / "long.gguf", seed=21)
+    tokens = list(np.random.default_rng(6).integers(0, 261, size=300))
+    with Model.load(tm.path, n_ctx=320, n_threads=2) as m:
+        got = prefill_then_decode(m, tokens, 200)
+    _assert_as_close_as_ideal(got, tm, tokens, None, "three chunks")
+
+
 def test_batching_threads_and_rewind_are_consistent(tmp_path: Path) -> None:
     tm = make_tiny_model(tmp_path / "m.gguf", weight_type=QT.Q4_K, seed=5)
     tokens = list(np.random.default_rng(4).integers(0, 261, size=50))

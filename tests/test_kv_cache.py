@@ -103,6 +103,27 @@ def test_q8_0_cache_batching_threads_and_rewind(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a, d)
 
 
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+def test_chunked_attention_is_the_same_however_split(tmp_path: Path, kv_type: str) -> None:
+    """Past 128 positions attention goes chunk by chunk. A prompt's task joins its
+    queries' chunks itself; a decoding step gives each chunk its own task and joins
+    them afterwards. Both, on any thread count and batch size, give the same floats.
+    Float32 weights take float32 inputs, so that no 8-bit encoding of the attention
+    output can hide a difference."""
+    tm = make_tiny_model(tmp_path / "m.gguf", weight_type=QT.F32, seed=3)
+    tokens = [int(t) for t in np.random.default_rng(9).integers(0, 261, size=300)]
+    with Model.load(tm.path, n_ctx=320, n_threads=1, n_batch=512, kv_type=kv_type) as one:
+        a = one.forward(tokens, 0, logits_all=True)
+    with Model.load(tm.path, n_ctx=320, n_threads=3, n_batch=37, kv_type=kv_type) as many:
+        b = many.forward(tokens, 0, logits_all=True)
+        c = prefill_then_decode(many, tokens, 100)
+    with Model.load(tm.path, n_ctx=320, n_threads=2, kv_type=kv_type) as two:
+        d = prefill_then_decode(two, tokens, 250)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(a, d)
+
+
 # ---- every instruction-set path ------------------------------------------------------
 
 
@@ -162,6 +183,16 @@ def test_f16_cache_tiles_are_identical_on_every_path(
         assert_same_floats(tiles[p], want, f"{what} tiles")
         assert_same_floats(tiles_stepwise[p], want, f"{what} tiles, one token at a time")
         assert_same_floats(heads[p], want, f"{what} head by head")
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+def test_chunked_attention_is_identical_on_every_path(tmp_path: Path, kv_type: str) -> None:
+    tm = make_tiny_model(tmp_path / "m.gguf", weight_type=QT.Q8_0, seed=5)
+    tokens = [int(t) for t in np.random.default_rng(10).integers(0, 261, size=280)]
+    with Model.load(tm.path, n_ctx=300, n_threads=2, kv_type=kv_type) as m:
+        got = on_each_path(lambda: prefill_then_decode(m, tokens, 150))
+    for p in AVAILABLE:
+        assert_same_floats(got[p], got["scalar"], f"{kv_type} cache, three chunks, {p}")
 
 
 def test_smollm2_q8_0_cache_on_every_path(smollm2_gguf: Path) -> None:

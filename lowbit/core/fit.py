@@ -55,8 +55,10 @@ OVERHEAD_FIXED_BYTES = round(13.2 * MIB)
 OVERHEAD_BYTES_PER_VOCAB_ENTRY = 331
 FITS_BELOW = 0.8  # of the available memory
 
-# Queries per attention task in the library (LB_ATT_TILE): one score row each.
+# Queries per attention task in the library (LB_ATT_TILE), and keys per attention
+# chunk (LB_ATT_CHUNK): each thread keeps a chunk's score rows and results for a task.
 _ATT_TILE = 16
+_ATT_CHUNK = 128
 # Encoded-activation buffers in the library (LB_ACT_SLOTS).
 _ACT_SLOTS = 2
 
@@ -191,7 +193,11 @@ def _buffer_bytes(
         + 2 * shape.n_ff  # gate, up
         + shape.rope_dim  # rope cos/sin
     )
-    att = n_threads * _ATT_TILE * n_ctx  # score rows: each attention task's queries
+    part = shape.head_dim + 2  # a chunk's result for one query: values, softmax max and sum
+    att = (
+        n_threads * _ATT_TILE * (_ATT_CHUNK + part)  # each thread's scores and results
+        + shape.n_head * math.ceil(n_ctx / _ATT_CHUNK) * part  # a decoding step's chunk results
+    )
     inv_freq = (shape.rope_dim // 2) * 8
     query = 0  # a Q8_0 cache: each thread's query head encoded to Q8_0
     if cache_type.lower() == "q8_0":

@@ -392,7 +392,7 @@ float lb_exp_ref(float x) {
     return p * scale;
 }
 
-void lb_softmax_ref(int64_t n, float *x, float scale) {
+void lb_softmax_ref(int64_t n, float *x, float scale, float *stats) {
     float mx = -INFINITY;
     for (int64_t p = 0; p < n; p++) {
         x[p] *= scale;
@@ -403,9 +403,14 @@ void lb_softmax_ref(int64_t n, float *x, float scale) {
         x[p] = lb_exp_ref(x[p] - mx);
         s[p % 8] += x[p];
     }
-    const float inv = 1.0f / (((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])));
+    const float sum = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+    const float inv = 1.0f / sum;
     for (int64_t p = 0; p < n; p++) {
         x[p] *= inv;
+    }
+    if (stats) {
+        stats[0] = mx;
+        stats[1] = sum;
     }
 }
 

@@ -206,9 +206,11 @@ float lb_exp_ref(float x);
 /* In place over n floats: x = x * scale, then x = exp(x - max) / sum, with
  * lb_exp_ref, the max of the scaled values (NaNs skipped) and the sum in 8
  * interleaved partial sums combined as attn_dot's; x is multiplied by the
- * rounded 1 / sum. Every path gives the same floats. */
-typedef void (*lb_softmax_fn)(int64_t n, float *x, float scale);
-void lb_softmax_ref(int64_t n, float *x, float scale);
+ * rounded 1 / sum. Every path gives the same floats. stats, unless NULL,
+ * receives the max and the sum, which attention needs to join softmaxes
+ * taken over separate runs of keys. */
+typedef void (*lb_softmax_fn)(int64_t n, float *x, float scale, float *stats);
+void lb_softmax_ref(int64_t n, float *x, float scale, float *stats);
 
 /* SwiGLU in place: g[i] = g[i] / (1 + lb_exp_ref(-g[i])) * u[i]. */
 typedef void (*lb_swiglu_fn)(int64_t n, float *g, const float *u);

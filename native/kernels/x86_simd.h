@@ -785,7 +785,7 @@ LB_INLINE float lb_hmax_ps(__m256 v) {
 
 /* lb_softmax_ref: the max and the sum in 8 lanes, the tails in the lanes the
  * reference gives them (element p in partial sum p % 8). */
-static void lb_x86_softmax(int64_t n, float *x, float scale) {
+static void lb_x86_softmax(int64_t n, float *x, float scale, float *stats) {
     const int64_t n8 = n & ~(int64_t)7;
     const __m256 vs = _mm256_set1_ps(scale);
     __m256 mv = _mm256_set1_ps(-INFINITY);
@@ -814,7 +814,12 @@ static void lb_x86_softmax(int64_t n, float *x, float scale) {
         x[p] = lb_exp_ref(x[p] - mx);
         s[p % 8] += x[p];
     }
-    const float inv = 1.0f / (((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])));
+    const float sum = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+    const float inv = 1.0f / sum;
+    if (stats) {
+        stats[0] = mx;
+        stats[1] = sum;
+    }
     const __m256 vi = _mm256_set1_ps(inv);
     for (int64_t p = 0; p < n8; p += 8) {
         _mm256_storeu_ps(x + p, _mm256_mul_ps(_mm256_loadu_ps(x + p), vi));

@@ -30,6 +30,17 @@ typedef struct lb_tensor {
  * for all of them. m->att holds this many score rows per thread. */
 #define LB_ATT_TILE 16
 
+/* Keys per attention chunk. A query attends to the cache chunk by chunk,
+ * over the fixed runs of positions [c * LB_ATT_CHUNK, (c + 1) * LB_ATT_CHUNK),
+ * and the chunks' results are joined in order (lb_attn_join). A prompt's task
+ * takes every chunk of its queries; a decoding step, whose few tiles would
+ * leave threads idle, spreads one token's chunks over the threads. The two
+ * give the same floats, on any number of threads. */
+#define LB_ATT_CHUNK 128
+/* A chunk's result for one query: the weighted sum of values, then the
+ * softmax's max and sum. */
+#define LB_ATT_PART(hd) ((size_t)(hd) + 2)
+
 typedef struct lb_layer {
     lb_tensor attn_norm;        /* [n_embd] F32 */
     lb_tensor wq;               /* [n_embd, n_head*head_dim] */
@@ -60,13 +71,13 @@ struct lb_model {
     int32_t n_past;
     atomic_int cancel;
 
-    /* KV cache: [n_layer][n_ctx] rows of kv_row bytes each, a row holding
-     * kv_dim values of cfg.kv_type (fp16 values, or Q8_0 blocks that never
-     * straddle two heads) */
+    /* KV cache: [n_layer][n_head_kv][n_ctx] rows of head_row bytes, a row
+     * holding head_dim values of cfg.kv_type (fp16 values or Q8_0 blocks).
+     * One head's keys lie together, so that an attention task reads one
+     * stream instead of a slice of every row. */
     uint8_t *k_cache;
     uint8_t *v_cache;
-    size_t kv_row;
-    size_t head_row;            /* bytes of one head's slice of a row */
+    size_t head_row;
 
     /* scratch, [n_batch][...] row-major */
     float *x;                   /* [n_batch][n_embd] residual stream */
@@ -79,7 +90,10 @@ struct lb_model {
     float *up;                  /* [n_batch][n_ff] */
     float *rope_cs;             /* [n_batch][rope_dim]: cos, sin interleaved */
     double *inv_freq;           /* [rope_dim/2] */
-    float *att;                 /* [n_threads][LB_ATT_TILE][n_ctx] attention scores */
+    float *att;                 /* [n_threads][LB_ATT_TILE][LB_ATT_CHUNK] attention scores */
+    float *att_out;             /* [n_threads][LB_ATT_TILE][LB_ATT_PART] a chunk's results, to join */
+    float *att_part;            /* [n_head][att_chunks][LB_ATT_PART] a decoding step's chunk results */
+    int64_t att_chunks;         /* chunks in the context */
     uint8_t *q8;                /* Q8_0 cache: [n_threads][head_row] one query head, encoded */
     /* encoded activations, two slots: matrices that read the same input in
      * two formats (Q8_0 weights, which take Q16, beside others) share a job */
@@ -375,13 +389,12 @@ lb_status lb_model_ready(lb_model *m) {
 
     const size_t nb = (size_t)c->n_batch;
     const int q8_kv = c->kv_type == LB_TYPE_Q8_0;
-    m->kv_row = lb_row_bytes(c->kv_type, m->kv_dim);
     m->head_row = lb_row_bytes(c->kv_type, c->head_dim);
-    const size_t kv_rows = (size_t)c->n_layer * (size_t)c->n_ctx;
+    const size_t kv_rows = (size_t)c->n_layer * (size_t)c->n_head_kv * (size_t)c->n_ctx;
     const size_t xn_w = (size_t)(c->n_embd > m->q_dim ? c->n_embd : m->q_dim);
     size_t total = 0;
-    m->k_cache = (uint8_t *)lb_alloc(kv_rows, m->kv_row, &total);
-    m->v_cache = (uint8_t *)lb_alloc(kv_rows, m->kv_row, &total);
+    m->k_cache = (uint8_t *)lb_alloc(kv_rows, m->head_row, &total);
+    m->v_cache = (uint8_t *)lb_alloc(kv_rows, m->head_row, &total);
     m->x = (float *)lb_alloc(nb * (size_t)c->n_embd, sizeof(float), &total);
     m->xn = (float *)lb_alloc(nb * xn_w, sizeof(float), &total);
     m->q = (float *)lb_alloc(nb * (size_t)m->q_dim, sizeof(float), &total);
@@ -392,7 +405,11 @@ lb_status lb_model_ready(lb_model *m) {
     m->up = (float *)lb_alloc(nb * (size_t)c->n_ff, sizeof(float), &total);
     m->rope_cs = (float *)lb_alloc(nb * (size_t)c->rope_dim, sizeof(float), &total);
     m->inv_freq = (double *)lb_alloc((size_t)c->rope_dim / 2, sizeof(double), &total);
-    m->att = (float *)lb_alloc((size_t)c->n_threads * LB_ATT_TILE * (size_t)c->n_ctx, sizeof(float), &total);
+    const size_t part = LB_ATT_PART(c->head_dim);
+    m->att_chunks = ((int64_t)c->n_ctx + LB_ATT_CHUNK - 1) / LB_ATT_CHUNK;
+    m->att = (float *)lb_alloc((size_t)c->n_threads * LB_ATT_TILE * LB_ATT_CHUNK, sizeof(float), &total);
+    m->att_out = (float *)lb_alloc((size_t)c->n_threads * LB_ATT_TILE * part, sizeof(float), &total);
+    m->att_part = (float *)lb_alloc((size_t)c->n_head * (size_t)m->att_chunks * part, sizeof(float), &total);
     int act_ok = 1;
     for (int i = 0; i < LB_ACT_SLOTS; i++) {
         m->act[i] = (uint8_t *)lb_alloc(nb, act, &total);
@@ -403,7 +420,8 @@ lb_status lb_model_ready(lb_model *m) {
         m->q8 = (uint8_t *)lb_alloc((size_t)c->n_threads, m->head_row, &total);
     }
     if (!m->k_cache || !m->v_cache || !m->x || !m->xn || !m->q || !m->k || !m->v || !m->tmp || !m->gate ||
-        !m->up || !m->rope_cs || !m->inv_freq || !m->att || !act_ok || (q8_kv && !m->q8)) {
+        !m->up || !m->rope_cs || !m->inv_freq || !m->att || !m->att_out || !m->att_part || !act_ok ||
+        (q8_kv && !m->q8)) {
         return lb_fail(LB_ERR_OUT_OF_MEMORY, "out of memory for the KV cache and buffers (%.1f MiB)",
                        (double)total / (1024.0 * 1024.0));
     }
@@ -475,6 +493,8 @@ void lb_model_free(lb_model *m) {
     free(m->rope_cs);
     free(m->inv_freq);
     free(m->att);
+    free(m->att_out);
+    free(m->att_part);
     for (int i = 0; i < LB_ACT_SLOTS; i++) {
         free(m->act[i]);
         free(m->act_info[i]);
@@ -820,6 +840,8 @@ typedef struct lb_attn_job {
     int n_slices;               /* tasks per KV group and token block: group / gh */
     int64_t tt;                 /* tokens per task */
     int64_t n_tblk;             /* token blocks */
+    int64_t n_chunks;           /* chunks up to the last token's position */
+    int split;                  /* a task per tile and chunk, results to m->att_part (one token) */
     lb_attn_dot_fn dot;         /* F16 cache */
     lb_attn_axpy_fn axpy;
     lb_attn_scores_f16_fn f16_scores; /* NULL: dot key by key */
@@ -839,37 +861,109 @@ static void lb_attn_scores_q8(const lb_attn_job *j, const float *q, const uint8_
     uint8_t *qq = m->q8 + (size_t)tid * m->head_row;
     j->q8_encode(q, qq, m->cfg.head_dim);
     if (j->q8_scores) {
-        j->q8_scores(m->cfg.head_dim, n_keys, qq, kc, m->kv_row, sc);
+        j->q8_scores(m->cfg.head_dim, n_keys, qq, kc, m->head_row, sc);
         return;
     }
     for (int64_t p = 0; p < n_keys; p++) {
-        lb_vec_dot_q8_0_q8_0(m->cfg.head_dim, &sc[p], qq, kc + (size_t)p * m->kv_row);
+        lb_vec_dot_q8_0_q8_0(m->cfg.head_dim, &sc[p], qq, kc + (size_t)p * m->head_row);
     }
+}
+
+/* One chunk for nq queries of one KV head: query q attends to the nkc[q] keys
+ * from position k0 (at least one; nkc does not decrease with q). Its softmax
+ * weighted sum of values goes to os[q], the softmax's max and sum to st[q]. */
+static void lb_attn_chunk(const lb_attn_job *j, int nq, const float *const *qs, const int64_t *nkc,
+                          const uint8_t *kc, const uint8_t *vc, float *const *os, float *const *st, int tid) {
+    lb_model *m = j->m;
+    const int hd = m->cfg.head_dim;
+    const size_t stride = m->head_row;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *sc = m->att + (size_t)tid * LB_ATT_TILE * LB_ATT_CHUNK;
+
+    if (m->cfg.kv_type == LB_TYPE_Q8_0) {
+        for (int q = 0; q < nq; q++) {
+            lb_attn_scores_q8(j, qs[q], kc, nkc[q], sc, tid);
+            j->softmax(nkc[q], sc, scale, st[q]);
+            j->q8_wsum(hd, nkc[q], sc, vc, stride, os[q]);
+        }
+        return;
+    }
+    /* scores up to the last query's keys; each query then uses its own */
+    const size_t ld = LB_ATT_CHUNK;
+    if (j->f16_scores) {
+        j->f16_scores(hd, nq, qs, nkc[nq - 1], kc, stride, sc, ld);
+    } else {
+        for (int q = 0; q < nq; q++) {
+            for (int64_t p = 0; p < nkc[q]; p++) {
+                sc[q * ld + p] = j->dot(hd, qs[q], (const uint16_t *)(kc + (size_t)p * stride));
+            }
+        }
+    }
+    for (int q = 0; q < nq; q++) {
+        j->softmax(nkc[q], sc + q * ld, scale, st[q]);
+    }
+    if (j->f16_wsum) {
+        j->f16_wsum(hd, nq, sc, ld, nkc, vc, stride, os);
+        return;
+    }
+    for (int q = 0; q < nq; q++) {
+        memset(os[q], 0, (size_t)hd * sizeof(float));
+        for (int64_t p = 0; p < nkc[q]; p++) {
+            j->axpy(hd, sc[q * ld + p], (const uint16_t *)(vc + (size_t)p * stride), os[q]);
+        }
+    }
+}
+
+/* Fold a later chunk's result (o, with its softmax's max and sum in st) into
+ * acc, the result over the earlier chunks (max and sum in acc_st). Both are
+ * weighted means of values; the joint one mixes them by each side's share of
+ * the joint sum of exponentials. Kept out of line so that every caller
+ * computes the same floats. */
+#if defined(_MSC_VER)
+__declspec(noinline)
+#else
+__attribute__((noinline))
+#endif
+static void lb_attn_join(int64_t n, float *acc, float *acc_st, const float *o, const float *st) {
+    const float mx = st[0] > acc_st[0] ? st[0] : acc_st[0];
+    const float a = acc_st[1] * lb_exp_ref(acc_st[0] - mx);
+    const float b = st[1] * lb_exp_ref(st[0] - mx);
+    const float sum = a + b;
+    const float wa = a / sum, wb = b / sum;
+    for (int64_t i = 0; i < n; i++) {
+        acc[i] = acc[i] * wa + o[i] * wb;
+    }
+    acc_st[0] = mx;
+    acc_st[1] = sum;
 }
 
 /* Causal attention for the query heads of one task (heads [h0, h0 + gh) of
  * one KV group, tokens [t0, t1)): query (t, h) reads the cache up to its own
- * position. Token blocks go last to first, so the longest tasks start first. */
+ * position. Token blocks go last to first, so the longest tasks start first.
+ * A split job's task takes one chunk of one token's tile and leaves its
+ * results in m->att_part for lb_attn_join_parts. */
 static void lb_attn_task(void *ctx, int64_t task, int tid) {
     const lb_attn_job *j = (const lb_attn_job *)ctx;
     lb_model *m = j->m;
     const lb_model_config *c = &m->cfg;
     const int group = c->n_head / c->n_head_kv;
-    const int slice = (int)(task % j->n_slices);
-    const int kvh = (int)(task / j->n_slices % c->n_head_kv);
-    const int64_t t0 = (j->n_tblk - 1 - task / j->n_slices / c->n_head_kv) * j->tt;
+    const int64_t chunk = j->split ? task % j->n_chunks : -1;
+    const int64_t tile = j->split ? task / j->n_chunks : task;
+    const int slice = (int)(tile % j->n_slices);
+    const int kvh = (int)(tile / j->n_slices % c->n_head_kv);
+    const int64_t t0 = (j->n_tblk - 1 - tile / j->n_slices / c->n_head_kv) * j->tt;
     const int64_t t1 = t0 + j->tt < j->n_tok ? t0 + j->tt : j->n_tok;
     const int h0 = kvh * group + slice * j->gh;
     const int hd = c->head_dim;
-    const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * m->kv_row;
-    const uint8_t *kc = m->k_cache + layer_off + (size_t)kvh * m->head_row;
-    const uint8_t *vc = m->v_cache + layer_off + (size_t)kvh * m->head_row;
-    float *sc = m->att + (size_t)tid * LB_ATT_TILE * (size_t)c->n_ctx;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const size_t part = LB_ATT_PART(hd);
+    const size_t head_off = ((size_t)j->layer * (size_t)c->n_head_kv + (size_t)kvh) * (size_t)c->n_ctx * m->head_row;
+    const uint8_t *kc = m->k_cache + head_off;
+    const uint8_t *vc = m->v_cache + head_off;
 
     const float *qs[LB_ATT_TILE];
-    float *os[LB_ATT_TILE];
-    int64_t nk[LB_ATT_TILE];
+    float *os[LB_ATT_TILE], *st[LB_ATT_TILE];
+    int64_t nk[LB_ATT_TILE], nkc[LB_ATT_TILE];
+    float acc_st[LB_ATT_TILE][2];
     int nq = 0;
     for (int64_t t = t0; t < t1; t++) {
         for (int h = h0; h < h0 + j->gh; h++) {
@@ -879,49 +973,64 @@ static void lb_attn_task(void *ctx, int64_t task, int tid) {
             nq++;
         }
     }
-    const int64_t kmax = (int64_t)j->pos0 + t1;
-    const size_t ld = (size_t)c->n_ctx;
-
-    if (c->kv_type == LB_TYPE_Q8_0) {
+    if (j->split) { /* one token: every query has the chunk's keys */
+        const int64_t k0 = chunk * LB_ATT_CHUNK;
         for (int q = 0; q < nq; q++) {
-            lb_attn_scores_q8(j, qs[q], kc, nk[q], sc, tid);
-            j->softmax(nk[q], sc, scale);
-            j->q8_wsum(hd, nk[q], sc, vc, m->kv_row, os[q]);
+            float *dst = m->att_part + ((size_t)(h0 + q) * (size_t)m->att_chunks + (size_t)chunk) * part;
+            os[q] = dst;
+            st[q] = dst + hd;
+            nkc[q] = nk[q] - k0 < LB_ATT_CHUNK ? nk[q] - k0 : LB_ATT_CHUNK;
         }
+        lb_attn_chunk(j, nq, qs, nkc, kc + (size_t)k0 * m->head_row, vc + (size_t)k0 * m->head_row, os, st, tid);
         return;
     }
-    /* scores up to the last query's position; each query then uses its own */
-    if (j->f16_scores) {
-        j->f16_scores(hd, nq, qs, kmax, kc, m->kv_row, sc, ld);
-    } else {
-        for (int q = 0; q < nq; q++) {
-            for (int64_t p = 0; p < nk[q]; p++) {
-                sc[q * ld + p] = j->dot(hd, qs[q], (const uint16_t *)(kc + (size_t)p * m->kv_row));
+    /* chunk 0 straight into the outputs, each later one through att_out;
+     * queries are in token order, so those with keys in a chunk end the list */
+    float *const tmp = m->att_out + (size_t)tid * LB_ATT_TILE * part;
+    for (int64_t k0 = 0; k0 < nk[nq - 1]; k0 += LB_ATT_CHUNK) {
+        int first = 0;
+        while (nk[first] <= k0) {
+            first++;
+        }
+        float *o[LB_ATT_TILE], *s[LB_ATT_TILE];
+        for (int q = first; q < nq; q++) {
+            nkc[q] = nk[q] - k0 < LB_ATT_CHUNK ? nk[q] - k0 : LB_ATT_CHUNK;
+            o[q] = k0 == 0 ? os[q] : tmp + (size_t)q * part;
+            s[q] = k0 == 0 ? acc_st[q] : tmp + (size_t)q * part + hd;
+        }
+        lb_attn_chunk(j, nq - first, qs + first, nkc + first, kc + (size_t)k0 * m->head_row,
+                      vc + (size_t)k0 * m->head_row, o + first, s + first, tid);
+        if (k0 > 0) {
+            for (int q = first; q < nq; q++) {
+                lb_attn_join(hd, os[q], acc_st[q], o[q], s[q]);
             }
         }
     }
-    for (int q = 0; q < nq; q++) {
-        j->softmax(nk[q], sc + q * ld, scale);
-    }
-    if (j->f16_wsum) {
-        j->f16_wsum(hd, nq, sc, ld, nk, vc, m->kv_row, os);
-        return;
-    }
-    for (int q = 0; q < nq; q++) {
-        memset(os[q], 0, (size_t)hd * sizeof(float));
-        for (int64_t p = 0; p < nk[q]; p++) {
-            j->axpy(hd, sc[q * ld + p], (const uint16_t *)(vc + (size_t)p * m->kv_row), os[q]);
+}
+
+/* A split job's outputs: each head's chunk results joined in order. */
+static void lb_attn_join_parts(lb_model *m, const lb_attn_job *j) {
+    const int hd = m->cfg.head_dim;
+    const size_t part = LB_ATT_PART(hd);
+    for (int h = 0; h < m->cfg.n_head; h++) {
+        const float *p = m->att_part + (size_t)h * (size_t)m->att_chunks * part;
+        float *out = m->xn + (int64_t)h * hd;
+        float acc_st[2] = {p[hd], p[hd + 1]};
+        memcpy(out, p, (size_t)hd * sizeof(float));
+        for (int64_t ch = 1; ch < j->n_chunks; ch++) {
+            lb_attn_join(hd, out, acc_st, p + (size_t)ch * part, p + (size_t)ch * part + hd);
         }
     }
 }
 
 /* How lb_attn_task splits n_tok tokens: a task takes gh heads of one KV
- * group (a divisor of the group, at most LB_ATT_TILE) over tt tokens. Tasks
- * of one head and one token serve when that leaves too few tasks to share
- * out: fewer than the threads with an F16 cache, where a tile converts each
- * key and value once for all its heads (so one token's 3 tiles on 2 threads
- * still beat its 9 heads), fewer than 4 a thread with a Q8_0 cache, where the
- * heads of a tile go one after the other. */
+ * group (a divisor of the group, at most LB_ATT_TILE) over tt tokens. One
+ * token past the first chunk gets a task per tile and chunk. Otherwise tasks
+ * of one head and one token serve when tiles would be too few to share out:
+ * fewer than the threads with an F16 cache, where a tile converts each key
+ * and value once for all its heads (so one token's 3 tiles on 2 threads
+ * still beat its 9 heads), fewer than 4 a thread with a Q8_0 cache, where
+ * the heads of a tile go one after the other. */
 static void lb_attn_tiles(const lb_model *m, lb_attn_job *j) {
     const lb_model_config *c = &m->cfg;
     const int group = c->n_head / c->n_head_kv;
@@ -931,8 +1040,10 @@ static void lb_attn_tiles(const lb_model *m, lb_attn_job *j) {
     }
     int64_t tt = LB_ATT_TILE / gh < j->n_tok ? LB_ATT_TILE / gh : j->n_tok;
     int64_t n_tblk = (j->n_tok + tt - 1) / tt;
+    j->n_chunks = ((int64_t)j->pos0 + j->n_tok + LB_ATT_CHUNK - 1) / LB_ATT_CHUNK;
+    j->split = j->n_tok == 1 && j->n_chunks > 1;
     const int64_t min_tasks = (c->kv_type == LB_TYPE_F16 ? 1 : 4) * (int64_t)c->n_threads;
-    if (n_tblk * c->n_head_kv * (group / gh) < min_tasks) {
+    if (!j->split && n_tblk * c->n_head_kv * (group / gh) < min_tasks) {
         gh = 1;
         tt = 1;
         n_tblk = j->n_tok;
@@ -1024,7 +1135,7 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
         lb_add_bias(m->k, &L->bk, n_tok, m->kv_dim);
         lb_add_bias(m->v, &L->bv, n_tok, m->kv_dim);
 
-        const size_t layer_off = (size_t)l * (size_t)c->n_ctx * m->kv_row;
+        const size_t layer_rows = (size_t)l * (size_t)c->n_head_kv * (size_t)c->n_ctx;
         for (int64_t t = 0; t < n_tok; t++) {
             const float *cs = m->rope_cs + t * c->rope_dim;
             for (int h = 0; h < c->n_head; h++) {
@@ -1033,20 +1144,29 @@ static lb_status lb_forward_chunk(lb_model *m, const int32_t *tokens, int64_t n_
             for (int h = 0; h < c->n_head_kv; h++) {
                 lb_rope_head(m->k + t * m->kv_dim + (int64_t)h * c->head_dim, cs, c->rope_dim, c->rope_kind);
             }
-            uint8_t *kd = m->k_cache + layer_off + (size_t)(pos0 + t) * m->kv_row;
-            uint8_t *vd = m->v_cache + layer_off + (size_t)(pos0 + t) * m->kv_row;
-            if (c->kv_type == LB_TYPE_Q8_0) {
-                aj.q8_encode(m->k + t * m->kv_dim, kd, m->kv_dim);
-                aj.q8_encode(m->v + t * m->kv_dim, vd, m->kv_dim);
-                continue;
-            }
-            for (int64_t i = 0; i < m->kv_dim; i++) {
-                ((uint16_t *)kd)[i] = lb_fp32_to_fp16(m->k[t * m->kv_dim + i]);
-                ((uint16_t *)vd)[i] = lb_fp32_to_fp16(m->v[t * m->kv_dim + i]);
+            for (int h = 0; h < c->n_head_kv; h++) {
+                const size_t row = layer_rows + (size_t)h * (size_t)c->n_ctx + (size_t)(pos0 + t);
+                uint8_t *kd = m->k_cache + row * m->head_row;
+                uint8_t *vd = m->v_cache + row * m->head_row;
+                const float *ks = m->k + t * m->kv_dim + (int64_t)h * c->head_dim;
+                const float *vs = m->v + t * m->kv_dim + (int64_t)h * c->head_dim;
+                if (c->kv_type == LB_TYPE_Q8_0) {
+                    aj.q8_encode(ks, kd, c->head_dim);
+                    aj.q8_encode(vs, vd, c->head_dim);
+                    continue;
+                }
+                for (int i = 0; i < c->head_dim; i++) {
+                    ((uint16_t *)kd)[i] = lb_fp32_to_fp16(ks[i]);
+                    ((uint16_t *)vd)[i] = lb_fp32_to_fp16(vs[i]);
+                }
             }
         }
         aj.layer = l;
-        lb_pool_run(m->pool, lb_attn_task, &aj, aj.n_tblk * c->n_head_kv * aj.n_slices);
+        const int64_t tiles = aj.n_tblk * c->n_head_kv * aj.n_slices;
+        lb_pool_run(m->pool, lb_attn_task, &aj, aj.split ? tiles * aj.n_chunks : tiles);
+        if (aj.split) {
+            lb_attn_join_parts(m, &aj);
+        }
         /* xn now holds the attention output [n_tok][q_dim] */
         lb_encoded_reset(&enc);
         lb_matmul(m, &enc, &L->wo, m->xn, m->q_dim, n_tok, m->tmp, d);

@@ -856,7 +856,7 @@ lb_status lb_softmax(int64_t n, float *x, float scale) {
     if (n < 0) {
         return lb_fail(LB_ERR_INVALID_ARGUMENT, "lb_softmax: n = %lld, must not be negative", (long long)n);
     }
-    lb_kernel_softmax(lb_kernels_active())(n, x, scale);
+    lb_kernel_softmax(lb_kernels_active())(n, x, scale, NULL);
     return LB_OK;
 }
 
