@@ -611,7 +611,16 @@ static void lb_x86_attn_scores_f16(int64_t n, int nq, const float *const *q, int
                 if (p + c + LB_ATT_AHEAD < n_keys) {
                     lb_prefetch_row(kr + (size_t)(p + c + LB_ATT_AHEAD) * k_stride, (size_t)n * 2);
                 }
-                for (int64_t i = 0; i < nc; i++) {
+                int64_t i = 0;
+#if LB_X86_VNNI
+                for (; i + 2 <= nc; i += 2) { /* chunks i and i + 1 in one conversion */
+                    const __m512 kv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 8 * i)));
+                    _mm256_storeu_ps(kt + (i * 8 + c) * 8, _mm512_castps512_ps256(kv));
+                    _mm256_storeu_ps(kt + ((i + 1) * 8 + c) * 8,
+                                     _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(kv), 1)));
+                }
+#endif
+                for (; i < nc; i++) {
                     _mm256_storeu_ps(kt + (i * 8 + c) * 8, lb_f16x8(row + 8 * i));
                 }
             }
@@ -711,7 +720,13 @@ static void lb_x86_attn_wsum_f16(int64_t n, int nq, const float *w, size_t w_str
             if (p0 + c + LB_ATT_AHEAD < kmax) {
                 lb_prefetch_row(vr + (size_t)(p0 + c + LB_ATT_AHEAD) * v_stride, (size_t)n * 2);
             }
-            for (int64_t i = 0; i < n; i += 8) {
+            int64_t i = 0;
+#if LB_X86_VNNI
+            for (; i + 16 <= n; i += 16) {
+                _mm512_storeu_ps(vt + c * n + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + i))));
+            }
+#endif
+            for (; i < n; i += 8) {
                 _mm256_storeu_ps(vt + c * n + i, lb_f16x8(row + i));
             }
         }
