@@ -123,10 +123,11 @@ def _serve(engine: str, path: str, threads: int, n_ctx: int, n_batch: int) -> No
             return model.forward([tok], pos)
 
     else:
+        from .llama_peer import _quiet, deny_amx
+
+        deny_amx()  # before llama.cpp starts a thread (see llama_peer)
         import llama_cpp
         import numpy as np
-
-        from .llama_peer import _quiet
 
         with _quiet():
             llm = llama_cpp.Llama(
