@@ -7,10 +7,17 @@ import math
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
-from lowbit.core.bench import benchmark, decode_bytes_per_token, measure_bandwidth, synthetic_prompt
+from lowbit.core.bench import (
+    benchmark,
+    decode_bytes_per_token,
+    measure_bandwidth,
+    synthetic_prompt,
+    time_pp_tg,
+)
 from lowbit.core.cli import main
 from lowbit.core.gguf_file import open_gguf
 from lowbit.core.model import Model
@@ -141,16 +148,76 @@ def test_truncated_file(tied_path: Path, tmp_path: Path, capsys) -> None:
     assert "truncated" in capsys.readouterr().err
 
 
-def test_prompt_and_generation_larger_than_the_context(tied_path: Path, capsys) -> None:
-    # the tiny models are trained for 2048 tokens
-    rc = main(["bench", str(tied_path), "--threads", "1", "--prompt-tokens", "2000", "--gen-tokens", "49"])
+def test_depth_and_test_larger_than_the_context(tied_path: Path, capsys) -> None:
+    # the tiny models are trained for 2048 tokens; the tests are separate, so 2000 + 48 fits
+    ok = ["bench", str(tied_path), "--threads", "1", "--prompt-tokens", "2000", "--gen-tokens", "48"]
+    assert main([*ok, "--json"]) == 0
+    capsys.readouterr()
+    rc = main(
+        ["bench", str(tied_path), *FAST[:2], "--depth", "2000", "--prompt-tokens", "49", "--gen-tokens", "3"]
+    )
     assert rc == 1
     err = capsys.readouterr().err
-    assert "2049" in err and "context of 2048" in err and "Traceback" not in err
+    assert "2000 tokens of depth + 49 prompt tokens = 2049" in err and "context of 2048" in err
+    assert "Traceback" not in err
+
+
+class _Recorder:
+    """A stand-in engine that logs each call as (number of tokens, position) and returns
+    logits whose greedy choice is the position, so the token fed back is checkable too."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self.calls: list[tuple[int, int, int]] = []  # (n_tokens, pos, first token)
+        self.n_vocab = n_vocab
+
+    def logits(self, pos: int) -> np.ndarray:
+        x = np.zeros(self.n_vocab, dtype=np.float32)
+        x[pos % self.n_vocab] = 1.0
+        return x
+
+    def prefill(self, ids, pos: int) -> np.ndarray:
+        self.calls.append((len(ids), pos, int(ids[0])))
+        return self.logits(pos + len(ids))
+
+    def step(self, tok: int, pos: int) -> np.ndarray:
+        self.calls.append((1, pos, tok))
+        return self.logits(pos + 1)
+
+
+@pytest.mark.parametrize("depth", [0, 5])
+def test_tests_run_as_llama_bench_runs_them(depth: int) -> None:
+    """pp and tg each start from the cache at the depth (llama-bench's pp512 and tg128,
+    or with -d): decoding does not continue after the prompt."""
+    eng = _Recorder(n_vocab=100)
+    fill, prompt = list(range(10, 10 + depth)), [7, 8, 9]
+    t = time_pp_tg(eng.prefill, eng.step, prompt, 4, depth=fill)
+    want = [(depth, 0, 10)] if depth else []
+    want.append((3, depth, 7))  # the prompt, after the depth
+    # decoding from the depth, the first token the prompt's greedy choice
+    want += [(1, depth + i, depth + 3 if i == 0 else depth + i) for i in range(4)]
+    assert eng.calls == want
+    assert (t.prompt_tokens, t.gen_tokens) == (3, 4)
+    assert 0 < t.prompt_s <= t.ttft_s
+
+
+def test_depth_is_reported(tied_path: Path, capsys) -> None:
+    d = run_json([str(tied_path), *FAST, "--depth", "9"], capsys)
+    assert d["depth"] == 9 and d["prompt_tokens"] == 24
+    assert run_json([str(tied_path), *FAST], capsys)["depth"] == 0
+    assert main(["bench", str(tied_path), *FAST, "--depth", "9"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt (pp24 @ d9)" in out and "decode (tg4 @ d9)" in out
 
 
 @pytest.mark.parametrize(
-    "bad", [["--threads", "0"], ["--prompt-tokens", "0"], ["--gen-tokens", "-3"], ["--reps", "x"]]
+    "bad",
+    [
+        ["--threads", "0"],
+        ["--prompt-tokens", "0"],
+        ["--gen-tokens", "-3"],
+        ["--reps", "x"],
+        ["--depth", "-1"],
+    ],
 )
 def test_bad_arguments_exit_2(tied_path: Path, bad: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as e:
@@ -162,6 +229,8 @@ def test_bad_arguments_exit_2(tied_path: Path, bad: list[str], capsys) -> None:
 def test_bad_counts_in_the_library(tied_path: Path) -> None:
     with pytest.raises(ValueError):
         benchmark(tied_path, gen_tokens=0)
+    with pytest.raises(ValueError):
+        benchmark(tied_path, depth=-1)
 
 
 def test_isa_is_optional(monkeypatch) -> None:

@@ -1,13 +1,17 @@
 """Speed of a model on this machine, measured the way llama-bench does, plus the roofline.
 
+As in llama-bench, the prompt test (pp) and the generation test (tg) are separate: each
+starts from a cache holding ``depth`` tokens (llama-bench's ``-d``, 0 by default, an
+empty cache), so decoding speed does not depend on the prompt length chosen for pp.
+
 Decoding one token reads every weight once, so its speed is bounded by memory
 bandwidth: ``bytes_per_token * tokens_per_second <= bandwidth``. The benchmark
 measures both sides in the same run with the same thread count and reports how
 close decoding comes to that bound. (A model small enough to stay in the CPU's
 caches is not bound by main memory and may pass 100%.)
 
-Lowbit's model code is imported inside the functions: :func:`time_generation` also
-drives other engines, in processes that should not load it.
+Lowbit's model code is imported inside the functions: :func:`time_generation` and
+:func:`time_pp_tg` also drive other engines, in processes that should not load it.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class BenchResult:
     roofline_pct: float  # decode speed as a share of bandwidth / bytes_per_token
     isa: str | None  # the kernel library's instruction set, when it reports one
     kv_type: str = "f16"  # the KV cache type
+    depth: int = 0  # tokens in the cache before each test
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON-ready values, floats rounded for display."""
@@ -75,7 +80,7 @@ class BenchResult:
 
 @dataclass(frozen=True)
 class RunTiming:
-    """Wall-clock seconds of one prompt-then-decode run."""
+    """Wall-clock seconds of one run: a prompt, and decoding (after it, or on its own)."""
 
     prompt_tokens: int
     gen_tokens: int
@@ -130,6 +135,53 @@ def time_generation(
     tok = _greedy(logits, n_real)
     t2 = time.perf_counter()
     pos = len(prompt)
+    for i in range(gen_tokens):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        tok = _greedy(step(tok, pos + i), n_real)
+    t3 = time.perf_counter()
+    return RunTiming(len(prompt), gen_tokens, prompt_s=t1 - t0, ttft_s=t2 - t0, decode_s=t3 - t2)
+
+
+def time_pp_tg(
+    prefill: Callable[[Sequence[int], int], np.ndarray],
+    step: Callable[[int, int], np.ndarray],
+    prompt: Sequence[int],
+    gen_tokens: int,
+    *,
+    depth: Sequence[int] = (),
+    n_real: int | None = None,
+    cancel: Any = None,
+) -> RunTiming:
+    """Time llama-bench's two tests: the prompt in one call, and decoding on its own.
+
+    Both start from a cache holding ``depth`` (written first, untimed): the prompt at
+    position ``len(depth)``, then decoding from that same position, which drops what the
+    prompt left in the cache, one call per token from the prompt's greedy choice.
+
+    Args:
+        prefill: Runs tokens from a position; returns the last position's logits.
+        step: Runs one token at a position; returns its logits.
+        prompt: The prompt token ids.
+        gen_tokens: Single-token calls to time.
+        depth: Token ids the cache holds before each test.
+        n_real: Choose only among ids below this (the tokenizer's vocabulary size).
+        cancel: An object with ``raise_if_cancelled()``, checked between calls.
+
+    Returns:
+        The timings.
+
+    Raises:
+        CancelledError: ``cancel`` was cancelled.
+    """
+    pos = len(depth)
+    if pos:
+        prefill(depth, 0)
+    t0 = time.perf_counter()
+    logits = prefill(prompt, pos)
+    t1 = time.perf_counter()
+    tok = _greedy(logits, n_real)
+    t2 = time.perf_counter()
     for i in range(gen_tokens):
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -300,12 +352,14 @@ def benchmark(
     progress: ProgressFn | None = None,
     cancel: Any = None,
     kv_type: str = "f16",
+    depth: int = 0,
 ) -> BenchResult:
     """Measure prompt and decode speed, peak memory and the memory roofline of a model.
 
-    Each repetition processes a fixed prompt in one forward call from an empty cache,
-    then decodes ``gen_tokens`` tokens greedily, one forward call each (end-of-text
-    tokens do not stop it). A short warm-up first pages the weights in.
+    Each repetition runs llama-bench's two tests (see :func:`time_pp_tg`): a fixed
+    prompt in one forward call, and ``gen_tokens`` tokens decoded greedily, one forward
+    call each (end-of-text tokens do not stop it), both from a cache holding ``depth``
+    tokens. A short warm-up first pages the weights in.
 
     Args:
         path: The GGUF file.
@@ -317,6 +371,8 @@ def benchmark(
         progress: Called with (stage, done, total, message).
         cancel: An object with ``raise_if_cancelled()`` (e.g. engine.CancelToken).
         kv_type: KV cache type, "f16" or "q8_0".
+        depth: Tokens in the cache before each test (llama-bench's ``-d``). The
+            roofline counts weights only, so at a depth it leaves out the cache reads.
 
     Returns:
         The measurements.
@@ -326,15 +382,17 @@ def benchmark(
         ModelFormatError: The file is damaged or lacks required metadata.
         UnsupportedModelError: Unknown architecture or tensor type.
         TokenizerError: The model has no usable vocabulary.
-        ContextFullError: The prompt and generated tokens exceed the model's context.
+        ContextFullError: The depth and the longer test exceed the model's context.
         CancelledError: ``cancel`` was cancelled.
-        ValueError: A count below 1, or an unknown KV cache type.
+        ValueError: A count below 1 (depth below 0), or an unknown KV cache type.
     """
     from .gguf_file import open_gguf
     from .model import Model, check_kv_type, default_threads, read_hparams
 
     if prompt_tokens < 1 or gen_tokens < 1 or reps < 1:
         raise ValueError("prompt tokens, generated tokens and repetitions must be at least 1")
+    if depth < 0:
+        raise ValueError("the depth must not be negative")
     kv_type = check_kv_type(kv_type)
     n_threads = n_threads or default_threads()
     report = progress or (lambda *a: None)
@@ -346,32 +404,37 @@ def benchmark(
     report("load", 0, None, "")
     gf = open_gguf(path)
     hp = read_hparams(gf)
-    needed = prompt_tokens + gen_tokens
+    needed = depth + max(prompt_tokens, gen_tokens)
     if needed > hp.n_ctx_train:
+        longer = max((prompt_tokens, "prompt tokens"), (gen_tokens, "generated tokens"))
+        test = f"{longer[0]} {longer[1]}"
+        what = f"{depth} tokens of depth + {test} = {needed}" if depth else test
         raise ContextFullError(
-            f"{prompt_tokens} prompt tokens + {gen_tokens} generated tokens = {needed} exceed the "
-            f"model's context of {hp.n_ctx_train} tokens",
+            f"{what} exceed the model's context of {hp.n_ctx_train} tokens",
             needed=needed,
             n_ctx=hp.n_ctx_train,
         )
     with Model.load(gf, n_ctx=max(8, needed), n_threads=n_threads, kv_type=kv_type) as model:
-        prompt = synthetic_prompt(model.tokenizer, prompt_tokens)
+        text = synthetic_prompt(model.tokenizer, depth + prompt_tokens)
+        fill, prompt = text[:depth], text[depth:]
         n_real = min(model.tokenizer.vocab_size, model.n_vocab)
 
-        def prefill(ids: Sequence[int]) -> np.ndarray:
-            return model.forward(ids, 0)  # position 0 drops what the cache held
+        def prefill(ids: Sequence[int], pos: int) -> np.ndarray:
+            return model.forward(ids, pos)  # drops what the cache held from pos on
 
         def step(tok: int, pos: int) -> np.ndarray:
             return model.forward([tok], pos)
 
         check()
         report("warm-up", 0, None, "")
-        time_generation(prefill, step, prompt[: min(16, prompt_tokens)], 1, n_real=n_real)
+        time_pp_tg(prefill, step, prompt[: min(16, prompt_tokens)], 1, n_real=n_real)
         runs: list[RunTiming] = []
         for i in range(reps):
             check()
             report("run", i, reps, f"repetition {i + 1} of {reps}")
-            runs.append(time_generation(prefill, step, prompt, gen_tokens, n_real=n_real, cancel=cancel))
+            runs.append(
+                time_pp_tg(prefill, step, prompt, gen_tokens, depth=fill, n_real=n_real, cancel=cancel)
+            )
         report("run", reps, reps, "")
     peak = peak_rss_mib()  # before the bandwidth test, whose buffers are not the model's
     check()
@@ -398,4 +461,5 @@ def benchmark(
         roofline_pct=100 * bpt * decode_tps / (bandwidth_gbs * 1e9) if bandwidth_gbs > 0 else 0.0,
         isa=native_isa(),
         kv_type=kv_type,
+        depth=depth,
     )

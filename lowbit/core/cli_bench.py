@@ -10,7 +10,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .cli_eval import add_kv_option, positive_int
+from .cli_eval import add_kv_option, nonnegative_int, positive_int
 from .errors import CancelledError, LowbitError
 
 if TYPE_CHECKING:
@@ -27,10 +27,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="measure prompt and decode speed, peak memory and the memory roofline",
         description=(
-            "Process a fixed prompt in one call and decode greedily one token per call, as "
-            "llama-bench does; report tokens per second, time to first token, peak resident memory, "
-            "and decode speed as a share of what the machine's measured memory bandwidth allows "
-            "for the bytes of weights each token reads."
+            "Run llama-bench's two tests, each from the same cache (empty, or holding --depth "
+            "tokens): a fixed prompt in one call (pp), and greedy decoding one token per call (tg). "
+            "Report tokens per second, time to first token, peak resident memory, and decode speed "
+            "as a share of what the machine's measured memory bandwidth allows for the bytes of "
+            "weights each token reads."
         ),
     )
     p.add_argument("model", help="GGUF model file")
@@ -44,6 +45,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "--gen-tokens", type=positive_int, default=128, metavar="N", help="tokens to decode (default: 128)"
     )
     p.add_argument(
+        "--depth",
+        type=nonnegative_int,
+        default=0,
+        metavar="N",
+        help="tokens in the cache before each test, as llama-bench's -d (default: 0)",
+    )
+    p.add_argument(
         "--reps", type=positive_int, default=1, metavar="N", help="repetitions, medians shown (default: 1)"
     )
     add_kv_option(p)
@@ -53,9 +61,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 def _table(r: BenchResult) -> str:
     isa = f", {r.isa}" if r.isa else ""
     head = f"{r.model}: {r.type}, {r.file_mib:.1f} MiB, {r.threads} thread(s){isa}, {r.kv_type} KV cache"
+    at = f" @ d{r.depth}" if r.depth else ""  # llama-bench's label
     rows = [
-        (f"prompt (pp{r.prompt_tokens})", f"{r.prompt_tps:.1f}", "tok/s"),
-        (f"decode (tg{r.gen_tokens})", f"{r.decode_tps:.1f}", "tok/s"),
+        (f"prompt (pp{r.prompt_tokens}{at})", f"{r.prompt_tps:.1f}", "tok/s"),
+        (f"decode (tg{r.gen_tokens}{at})", f"{r.decode_tps:.1f}", "tok/s"),
         ("time to first token", f"{r.ttft_s:.3f}", "s"),
         ("peak resident memory", f"{r.peak_rss_mib:.1f}", "MiB"),
         ("weights read per token", f"{r.bytes_per_token / 2**20:.1f}", "MiB"),
@@ -90,6 +99,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             reps=args.reps,
             progress=bar,
             kv_type=args.kv_type,
+            depth=args.depth,
         )
     except (KeyboardInterrupt, CancelledError):
         bar.close()

@@ -278,7 +278,7 @@ class RunOutcome:
 
 
 def measure_speed(path: Path, *, n_threads: int | None, n_tokens: int, cancel: Any = None) -> float:
-    """Decode tokens/s of a GGUF: a short prompt, then ``n_tokens`` greedy tokens."""
+    """Decode tokens/s of a GGUF: ``n_tokens`` greedy tokens from an empty cache."""
     from .bench import benchmark
 
     # bandwidth 0: the roofline is not wanted here, and measuring it takes seconds
