@@ -90,13 +90,29 @@ LB_INLINE __m256i lb_madd_acc(__m256i acc, __m256i p16, __m256i sc16) {
 #endif
 }
 
-/* Two int16 scales: the low 128 bits get lo, the high 128 bits hi (the
- * int16 products of the first and second 16 bytes of a 32-byte chunk). */
-LB_INLINE __m256i lb_scale_pair(int lo, int hi) {
-    return _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+LB_INLINE __m256i lb_loadu256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* A shuffle control that copies int16 lane lo of each 128-bit half into the
+ * whole low half and lane hi into the whole high half. Shuffling a block's
+ * scales (8 int16 values, the same in both halves) with it gives the int16
+ * scales a madd applies to the products of a 32-byte chunk's two halves, in
+ * one instruction instead of two broadcasts from general registers. */
+LB_INLINE __m256i lb_lane16_sel(int lo, int hi) {
+    return _mm256_set_m128i(_mm_set1_epi16((short)(0x0202 * hi + 0x0100)),
+                            _mm_set1_epi16((short)(0x0202 * lo + 0x0100)));
 }
 
-LB_INLINE __m256i lb_loadu256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+/* For 16 int16 scales taken two by two: the shuffle controls of the pairs
+ * (2k, 2k + 1) of a group of 8, and the two groups, each in both halves. */
+LB_INLINE void lb_pair_sels(__m256i sel[4]) {
+    for (int k = 0; k < 4; k++) {
+        sel[k] = lb_lane16_sel(2 * k, 2 * k + 1);
+    }
+}
+LB_INLINE void lb_scale_groups(__m256i sc16, __m256i group[2]) {
+    group[0] = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+    group[1] = _mm256_permute2x128_si256(sc16, sc16, 0x11);
+}
 
 /* ---- 32-element blocks ------------------------------------------------------------ */
 
@@ -261,6 +277,35 @@ LB_INLINE void lb_dot32(const int type, int64_t n, float *s, int64_t ld_s, const
  * widens to int32. Offsets (q3_K's -4, q6_K's -32) and mins come from q8_K's
  * bsums, so no signed unpacking is needed. */
 
+/* q3_K's 12 scale bytes (see lb_unpack_scales_q3_K) -> its 16 scales, re-centred
+ * to -32..31, by 32-bit operations on 4 scales at a time. */
+LB_INLINE __m128i lb_scales_q3_K(const uint8_t b[LB_K_SCALE_SIZE]) {
+    uint32_t a0, a1, hi;
+    memcpy(&a0, b, 4);
+    memcpy(&a1, b + 4, 4);
+    memcpy(&hi, b + 8, 4);
+    const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
+    const __m128i v = _mm_setr_epi32((int)((a0 & m4) | (hi & m2) << 4), (int)((a1 & m4) | (hi >> 2 & m2) << 4),
+                                     (int)((a0 >> 4 & m4) | (hi >> 4 & m2) << 4),
+                                     (int)((a1 >> 4 & m4) | (hi >> 6 & m2) << 4));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
+}
+
+/* q4_K/q5_K's 12 scale bytes (see lb_unpack_scales_k4) -> the 8 scales in
+ * bytes 0-7 and the 8 mins in bytes 8-15, by 32-bit operations on 4 bytes
+ * at a time. */
+LB_INLINE __m128i lb_scales_mins_k4(const uint8_t b[LB_K_SCALE_SIZE]) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, b, 4);
+    memcpy(&u1, b + 4, 4);
+    memcpy(&u2, b + 8, 4);
+    const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 & 0xc0c0c0c0u) >> 2);
+    const uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 & 0xc0c0c0c0u) >> 2);
+    const uint64_t sc = (u0 & 0x3f3f3f3fu) | (uint64_t)sc_hi << 32;
+    const uint64_t mn = (u1 & 0x3f3f3f3fu) | (uint64_t)mn_hi << 32;
+    return _mm_set_epi64x((long long)mn, (long long)sc);
+}
+
 #define LB_Y_K(c, b) ((const lb_block_q8_K *)((const uint8_t *)a + (size_t)(c) * a_stride) + (b))
 
 LB_INLINE void lb_dot_q2_K(int64_t n, float *s, int64_t ld_s, const void *w, const void *a, size_t a_stride,
@@ -268,6 +313,8 @@ LB_INLINE void lb_dot_q2_K(int64_t n, float *s, int64_t ld_s, const void *w, con
     const lb_block_q2_K *x = (const lb_block_q2_K *)w;
     const int64_t nb = n / LB_QK_K;
     const __m256i m3 = _mm256_set1_epi8(3);
+    __m256i pair[4];
+    lb_pair_sels(pair);
     float acc[LB_MULTI_MAX];
     for (int c = 0; c < nc; c++) {
         acc[c] = 0.0f;
@@ -276,6 +323,9 @@ LB_INLINE void lb_dot_q2_K(int64_t n, float *s, int64_t ld_s, const void *w, con
         const float d = lb_h2f(x[b].d), dmin = lb_h2f(x[b].dmin);
         const __m128i sc_raw = _mm_loadu_si128((const __m128i *)x[b].scales);
         const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc_raw, 4), _mm_set1_epi8(15)));
+        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sc_raw, _mm_set1_epi8(15)));
+        __m256i sc_half[2];
+        lb_scale_groups(sc16, sc_half);
         __m256i isum[LB_MULTI_MAX];
         for (int c = 0; c < nc; c++) {
             isum[c] = _mm256_setzero_si256();
@@ -283,10 +333,9 @@ LB_INLINE void lb_dot_q2_K(int64_t n, float *s, int64_t ld_s, const void *w, con
         for (int h = 0; h < 2; h++) {
             __m256i qs = lb_loadu256(x[b].qs + 32 * h);
             for (int k = 0; k < 4; k++) {
-                const int j = 8 * h + 2 * k;
                 const __m256i q = _mm256_and_si256(qs, m3);
                 qs = _mm256_srli_epi16(qs, 2);
-                const __m256i sc = lb_scale_pair(x[b].scales[j] & 15, x[b].scales[j + 1] & 15);
+                const __m256i sc = _mm256_shuffle_epi8(sc_half[h], pair[k]); /* scales 8h + 2k, 8h + 2k + 1 */
                 LB_UNROLL
                 for (int c = 0; c < nc; c++) {
                     const __m256i p = _mm256_maddubs_epi16(q, lb_loadu256(LB_Y_K(c, b)->qs + 128 * h + 32 * k));
@@ -312,15 +361,17 @@ LB_INLINE void lb_dot_q3_K(int64_t n, float *s, int64_t ld_s, const void *w, con
     const lb_block_q3_K *x = (const lb_block_q3_K *)w;
     const int64_t nb = n / LB_QK_K;
     const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    __m256i pair[4];
+    lb_pair_sels(pair);
     float acc[LB_MULTI_MAX];
     for (int c = 0; c < nc; c++) {
         acc[c] = 0.0f;
     }
     for (int64_t b = 0; b < nb; b++) {
         const float d = lb_h2f(x[b].d);
-        int8_t sc[16];
-        lb_unpack_scales_q3_K(x[b].scales, sc);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        const __m256i sc16 = _mm256_cvtepi8_epi16(lb_scales_q3_K(x[b].scales));
+        __m256i sc_half[2];
+        lb_scale_groups(sc16, sc_half);
         __m256i isum[LB_MULTI_MAX];
         for (int c = 0; c < nc; c++) {
             isum[c] = _mm256_setzero_si256();
@@ -329,13 +380,12 @@ LB_INLINE void lb_dot_q3_K(int64_t n, float *s, int64_t ld_s, const void *w, con
         for (int h = 0; h < 2; h++) {
             __m256i qs = lb_loadu256(x[b].qs + 32 * h);
             for (int k = 0; k < 4; k++) {
-                const int j = 8 * h + 2 * k;
                 /* q + 4 in 0..7: the low bits plus 4 where the high bit is set */
                 const __m256i q = _mm256_or_si256(_mm256_and_si256(qs, m3),
                                                   _mm256_slli_epi16(_mm256_and_si256(hm, one), 2));
                 qs = _mm256_srli_epi16(qs, 2);
                 hm = _mm256_srli_epi16(hm, 1);
-                const __m256i scv = lb_scale_pair(sc[j], sc[j + 1]);
+                const __m256i scv = _mm256_shuffle_epi8(sc_half[h], pair[k]); /* scales 8h + 2k, 8h + 2k + 1 */
                 LB_UNROLL
                 for (int c = 0; c < nc; c++) {
                     const __m256i p = _mm256_maddubs_epi16(q, lb_loadu256(LB_Y_K(c, b)->qs + 128 * h + 32 * k));
@@ -362,7 +412,11 @@ LB_INLINE void lb_dot_q45_K(const int with_high, int64_t n, float *s, int64_t ld
     const int64_t nb = n / LB_QK_K;
     const size_t bsize = with_high ? sizeof(lb_block_q5_K) : sizeof(lb_block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
-    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m128i dup_mins = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    __m256i sel[8]; /* sub-block j's scale in every lane */
+    for (int j = 0; j < 8; j++) {
+        sel[j] = lb_lane16_sel(j, j);
+    }
     float acc[LB_MULTI_MAX];
     for (int c = 0; c < nc; c++) {
         acc[c] = 0.0f;
@@ -373,9 +427,9 @@ LB_INLINE void lb_dot_q45_K(const int with_high, int64_t n, float *s, int64_t ld
         const lb_block_q5_K *x5 = (const lb_block_q5_K *)blk;
         const uint8_t *qs_base = with_high ? x5->qs : x4->qs;
         const float d = lb_h2f(with_high ? x5->d : x4->d), dmin = lb_h2f(with_high ? x5->dmin : x4->dmin);
-        uint8_t sc[8], mn[8];
-        lb_unpack_scales_k4(with_high ? x5->scales : x4->scales, sc, mn);
-        const __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)mn), dup));
+        const __m128i sm = lb_scales_mins_k4(with_high ? x5->scales : x4->scales);
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, dup_mins));
+        const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
         __m256i qh = with_high ? lb_loadu256(x5->qh) : _mm256_setzero_si256();
         __m256i isum[LB_MULTI_MAX];
         for (int c = 0; c < nc; c++) {
@@ -390,7 +444,8 @@ LB_INLINE void lb_dot_q45_K(const int with_high, int64_t n, float *s, int64_t ld
                 hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
                 qh = _mm256_srli_epi16(qh, 2);
             }
-            const __m256i s0 = _mm256_set1_epi16(sc[2 * cc]), s1 = _mm256_set1_epi16(sc[2 * cc + 1]);
+            const __m256i s0 = _mm256_shuffle_epi8(scales, sel[2 * cc]);
+            const __m256i s1 = _mm256_shuffle_epi8(scales, sel[2 * cc + 1]);
             LB_UNROLL
             for (int c = 0; c < nc; c++) {
                 const int8_t *yq = LB_Y_K(c, b)->qs + 64 * cc;
@@ -416,14 +471,18 @@ LB_INLINE void lb_dot_q6_K(int64_t n, float *s, int64_t ld_s, const void *w, con
     const lb_block_q6_K *x = (const lb_block_q6_K *)w;
     const int64_t nb = n / LB_QK_K;
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    __m256i pair[4];
+    lb_pair_sels(pair);
     float acc[LB_MULTI_MAX];
     for (int c = 0; c < nc; c++) {
         acc[c] = 0.0f;
     }
     for (int64_t b = 0; b < nb; b++) {
         const float d = lb_h2f(x[b].d);
-        const int8_t *sc = x[b].scales;
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[b].scales));
+        /* scales 0-7, then 8-15, in both 128-bit halves */
+        __m256i sc_half[2];
+        lb_scale_groups(sc16, sc_half);
         __m256i isum[LB_MULTI_MAX];
         for (int c = 0; c < nc; c++) {
             isum[c] = _mm256_setzero_si256();
@@ -439,8 +498,7 @@ LB_INLINE void lb_dot_q6_K(int64_t n, float *s, int64_t ld_s, const void *w, con
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
             for (int k = 0; k < 4; k++) {
-                const int j = 8 * h + 2 * k;
-                const __m256i scv = lb_scale_pair(sc[j], sc[j + 1]);
+                const __m256i scv = _mm256_shuffle_epi8(sc_half[h], pair[k]); /* scales 8h + 2k, 8h + 2k + 1 */
                 LB_UNROLL
                 for (int c = 0; c < nc; c++) {
                     const __m256i p = _mm256_maddubs_epi16(q[k], lb_loadu256(LB_Y_K(c, b)->qs + 128 * h + 32 * k));
