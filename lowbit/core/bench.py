@@ -129,18 +129,30 @@ def time_generation(
     Raises:
         CancelledError: ``cancel`` was cancelled.
     """
+    return _time_calls(lambda: prefill(prompt), step, len(prompt), gen_tokens, len(prompt), n_real, cancel)
+
+
+def _time_calls(
+    run_prompt: Callable[[], np.ndarray],
+    step: Callable[[int, int], np.ndarray],
+    n_prompt: int,
+    gen_tokens: int,
+    pos: int,
+    n_real: int | None,
+    cancel: Any,
+) -> RunTiming:
+    # The prompt call, the first greedy choice, then decoding from position pos.
     t0 = time.perf_counter()
-    logits = prefill(prompt)
+    logits = run_prompt()
     t1 = time.perf_counter()
     tok = _greedy(logits, n_real)
     t2 = time.perf_counter()
-    pos = len(prompt)
     for i in range(gen_tokens):
         if cancel is not None:
             cancel.raise_if_cancelled()
         tok = _greedy(step(tok, pos + i), n_real)
     t3 = time.perf_counter()
-    return RunTiming(len(prompt), gen_tokens, prompt_s=t1 - t0, ttft_s=t2 - t0, decode_s=t3 - t2)
+    return RunTiming(n_prompt, gen_tokens, prompt_s=t1 - t0, ttft_s=t2 - t0, decode_s=t3 - t2)
 
 
 def time_pp_tg(
@@ -177,17 +189,7 @@ def time_pp_tg(
     pos = len(depth)
     if pos:
         prefill(depth, 0)
-    t0 = time.perf_counter()
-    logits = prefill(prompt, pos)
-    t1 = time.perf_counter()
-    tok = _greedy(logits, n_real)
-    t2 = time.perf_counter()
-    for i in range(gen_tokens):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        tok = _greedy(step(tok, pos + i), n_real)
-    t3 = time.perf_counter()
-    return RunTiming(len(prompt), gen_tokens, prompt_s=t1 - t0, ttft_s=t2 - t0, decode_s=t3 - t2)
+    return _time_calls(lambda: prefill(prompt, pos), step, len(prompt), gen_tokens, pos, n_real, cancel)
 
 
 def decode_bytes_per_token(gf: GGUFFile) -> int:

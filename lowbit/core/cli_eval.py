@@ -17,26 +17,24 @@ from typing import Any, TextIO
 from .errors import CancelledError, LowbitError
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is {'not positive' if least == 1 else 'negative'}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    return _whole_number(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
     """argparse type: a whole number of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
+    return _whole_number(text, 0)
 
 
 def add_kv_option(p: argparse.ArgumentParser) -> None:
