@@ -1,10 +1,10 @@
 """The peer: llama.cpp through ``llama-cpp-python``, for interop tests and benchmarks.
 
 llama.cpp built for a CPU with AMX multiplies through its AMX buffer type, which crashes
-(SIGSEGV in ``ggml_backend_amx_mul_mat``) on some AMX hosts (llama.cpp issue #20824; this
-machine kind is one of them). So the peer computes in a process of its own in which the
-request for AMX state is refused (``deny_amx``): ggml then says "AMX is not ready to be
-used!" and runs as on any AVX-512 CPU, with its AVX-512 kernels and weight repacking.
+(SIGSEGV in ``ggml_backend_amx_mul_mat``) on some machines with AMX (llama.cpp issue
+#20824). So the peer computes in a process of its own in which the request for AMX state
+is refused (``deny_amx``): ggml then says "AMX is not ready to be used!" and runs as on
+any AVX-512 CPU, with its AVX-512 kernels and weight repacking.
 """
 
 from __future__ import annotations
