@@ -128,11 +128,8 @@ static inline void lb_cpu_relax(void) { atomic_signal_fence(memory_order_seq_cst
 
 static uint64_t lb_now_ns(void) {
 #if defined(_WIN32)
-    static LARGE_INTEGER freq; /* the same value on every call: a benign race */
-    LARGE_INTEGER t;
-    if (freq.QuadPart == 0) {
-        QueryPerformanceFrequency(&freq);
-    }
+    LARGE_INTEGER freq, t;
+    QueryPerformanceFrequency(&freq); /* fixed at boot, read from shared memory */
     QueryPerformanceCounter(&t);
     return (uint64_t)((double)t.QuadPart * 1e9 / (double)freq.QuadPart);
 #else
