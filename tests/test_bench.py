@@ -163,7 +163,7 @@ def test_depth_and_test_larger_than_the_context(tied_path: Path, capsys) -> None
 
 
 class _Recorder:
-    """A stand-in engine that logs each call as (number of tokens, position) and returns
+    """A stand-in engine that logs each call (tokens, position, first token) and returns
     logits whose greedy choice is the position, so the token fed back is checkable too."""
 
     def __init__(self, n_vocab: int) -> None:
