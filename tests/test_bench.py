@@ -189,15 +189,31 @@ def test_tests_run_as_llama_bench_runs_them(depth: int) -> None:
     """pp and tg each start from the cache at the depth (llama-bench's pp512 and tg128,
     or with -d): decoding does not continue after the prompt."""
     eng = _Recorder(n_vocab=100)
-    fill, prompt = list(range(10, 10 + depth)), [7, 8, 9]
-    t = time_pp_tg(eng.prefill, eng.step, prompt, 4, depth=fill)
-    want = [(depth, 0, 10)] if depth else []
-    want.append((3, depth, 7))  # the prompt, after the depth
+    prompt = [7, 8, 9]
+    t = time_pp_tg(eng.prefill, eng.step, prompt, 4, pos=depth)
+    want = [(3, depth, 7)]  # the prompt, after the depth
     # decoding from the depth, the first token the prompt's greedy choice
     want += [(1, depth + i, depth + 3 if i == 0 else depth + i) for i in range(4)]
     assert eng.calls == want
     assert (t.prompt_tokens, t.gen_tokens) == (3, 4)
     assert 0 <= t.prompt_s <= t.ttft_s
+
+
+def test_depth_is_filled_once_and_kept(tied_path: Path, monkeypatch) -> None:
+    """The depth's tokens are written once, at position 0, after the warm-up; every
+    repetition's tests then start at the depth, and nothing writes below it again."""
+    calls: list[tuple[int, int]] = []
+    forward = Model.forward
+
+    def recording(self, tokens, pos, **kw):
+        calls.append((len(tokens), pos))
+        return forward(self, tokens, pos, **kw)
+
+    monkeypatch.setattr(Model, "forward", recording)
+    benchmark(tied_path, n_threads=1, prompt_tokens=6, gen_tokens=2, reps=2, bandwidth_gbs=1.0, depth=9)
+    warm_up = [(6, 0), (1, 0)]
+    rep = [(6, 9), (1, 9), (1, 10)]
+    assert calls == [*warm_up, (9, 0), *rep, *rep]
 
 
 def test_depth_is_reported(tied_path: Path, capsys) -> None:

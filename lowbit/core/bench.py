@@ -161,22 +161,23 @@ def time_pp_tg(
     prompt: Sequence[int],
     gen_tokens: int,
     *,
-    depth: Sequence[int] = (),
+    pos: int = 0,
     n_real: int | None = None,
     cancel: Any = None,
 ) -> RunTiming:
     """Time llama-bench's two tests: the prompt in one call, and decoding on its own.
 
-    Both start from a cache holding ``depth`` (written first, untimed): the prompt at
-    position ``len(depth)``, then decoding from that same position, which drops what the
-    prompt left in the cache, one call per token from the prompt's greedy choice.
+    Both start from a cache holding ``pos`` tokens (the depth), which neither test
+    changes: the prompt at position ``pos``, then decoding from that same position, which
+    drops what the prompt left in the cache, one call per token from the prompt's greedy
+    choice. So one filling of the depth serves any number of runs.
 
     Args:
         prefill: Runs tokens from a position; returns the last position's logits.
         step: Runs one token at a position; returns its logits.
         prompt: The prompt token ids.
         gen_tokens: Single-token calls to time.
-        depth: Token ids the cache holds before each test.
+        pos: Tokens the cache already holds.
         n_real: Choose only among ids below this (the tokenizer's vocabulary size).
         cancel: An object with ``raise_if_cancelled()``, checked between calls.
 
@@ -186,9 +187,6 @@ def time_pp_tg(
     Raises:
         CancelledError: ``cancel`` was cancelled.
     """
-    pos = len(depth)
-    if pos:
-        prefill(depth, 0)
     return _time_calls(lambda: prefill(prompt, pos), step, len(prompt), gen_tokens, pos, n_real, cancel)
 
 
@@ -421,21 +419,20 @@ def benchmark(
         fill, prompt = text[:depth], text[depth:]
         n_real = min(model.tokenizer.vocab_size, model.n_vocab)
 
-        def prefill(ids: Sequence[int], pos: int) -> np.ndarray:
-            return model.forward(ids, pos)  # drops what the cache held from pos on
-
         def step(tok: int, pos: int) -> np.ndarray:
             return model.forward([tok], pos)
 
         check()
         report("warm-up", 0, None, "")
-        time_pp_tg(prefill, step, prompt[: min(16, prompt_tokens)], 1, n_real=n_real)
+        time_pp_tg(model.forward, step, prompt[: min(16, prompt_tokens)], 1, n_real=n_real)
+        if depth:  # untimed, once: the tests leave the cache below the depth as it is
+            model.forward(fill, 0)
         runs: list[RunTiming] = []
         for i in range(reps):
             check()
             report("run", i, reps, f"repetition {i + 1} of {reps}")
             runs.append(
-                time_pp_tg(prefill, step, prompt, gen_tokens, depth=fill, n_real=n_real, cancel=cancel)
+                time_pp_tg(model.forward, step, prompt, gen_tokens, pos=depth, n_real=n_real, cancel=cancel)
             )
         report("run", reps, reps, "")
     peak = peak_rss_mib()  # before the bandwidth test, whose buffers are not the model's
